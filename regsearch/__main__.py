@@ -1,0 +1,7 @@
+"""`python -m regsearch`."""
+
+import sys
+
+from regsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""`regsearch run | validate | best`: user errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from regsearch.errors import RegsearchError
+
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BUG = 2, 130, 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from regsearch.data import load_dataset
+    from regsearch.spec import load_spec, resolve_objective
+
+    spec = load_spec(args.study)
+    data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
+    objective = resolve_objective(spec, data.task)
+    print(f"ok: {spec.name} ({args.study}): {data.description}; objective {objective.metric} "
+          f"({objective.direction}); regularizers {', '.join(spec.space.regularizers)}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from regsearch import driver, report
+    from regsearch.progress import Progress
+    from regsearch.spec import load_spec
+    from regsearch.trainers import make_trainer
+
+    spec = load_spec(args.study)
+    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, storage=args.storage)
+    progress = Progress()
+    try:
+        driver.run_study(run, make_trainer(run), [progress])
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"regsearch: interrupted; {run.done} of {run.budget} trials are recorded and the "
+              "running trial was marked failed; run the same command to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    progress.close()
+    print(report.render(report.summarize(run.study), "table"))
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from regsearch import report
+
+    study = report.load_study(args.name, args.storage)
+    print(report.render(report.summarize(study, top=args.top), args.format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from regsearch.report import FORMATS
+    from regsearch.spec import DEFAULT_STORAGE
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser = argparse.ArgumentParser(prog="regsearch", parents=[common],
+                                     description="Search Keras regularization with Optuna.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="run (or continue) a study")
+    run.add_argument("study", help="study file, e.g. studies/digits-quick.yaml")
+    run.add_argument("--trials", type=_positive_int, help="total trial budget of the study")
+    run.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    run.add_argument("--storage", help="SQLAlchemy URL (overrides the study file)")
+    run.set_defaults(handler=_cmd_run)
+
+    validate = commands.add_parser("validate", parents=[common],
+                                   help="check a study file and its data; writes nothing")
+    validate.add_argument("study")
+    validate.set_defaults(handler=_cmd_validate)
+
+    best = commands.add_parser("best", parents=[common], help="show a study's best config")
+    best.add_argument("name", help="study name (the `name:` of its study file)")
+    best.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    best.add_argument("--format", choices=FORMATS, default="table")
+    best.add_argument("--top", type=_positive_int, default=5, help="rows in the leaderboard")
+    best.set_defaults(handler=_cmd_best)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except RegsearchError as exc:
+        if args.debug:
+            raise
+        print(f"regsearch: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("regsearch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so briefly, keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"regsearch: internal error: {exc!r}; rerun with --debug for the traceback "
+              "and report it", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The Optuna study: create or reopen it, ask for trials, feed pruning, tell results.
+
+This is the only module that talks to Optuna. Trainers see a `RegConfig` and a prune
+check; listeners (progress display, recorders) see configs, epochs and outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from regsearch import space
+from regsearch.data import Dataset, load_dataset
+from regsearch.errors import SpecError, StudyMismatchError
+from regsearch.space import RegConfig
+from regsearch.spec import Objective, StudySpec, resolve_objective
+from regsearch.storage import open_storage
+from regsearch.trainers.base import COMPLETE, FAILED, PRUNED, EpochMetrics, TrialOutcome
+
+SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
+INTERRUPTED = "interrupted by the user"
+_STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
+
+optuna.logging.set_verbosity(logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class Listener(Protocol):
+    """Told what happens, in order; must not raise (recorders turn failures into warnings)."""
+
+    def study_opened(self, run: StudyRun) -> None: ...
+    def trial_started(self, number: int, config: RegConfig) -> None: ...
+    def epoch_ended(self, number: int, metrics: EpochMetrics) -> None: ...
+    def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None: ...
+
+
+@dataclass
+class StudyRun:
+    """An opened study and what a run of it needs to know."""
+
+    spec: StudySpec
+    study: optuna.Study
+    data: Dataset
+    objective: Objective
+    budget: int
+    timeout: float | None
+
+    @property
+    def done(self) -> int:
+        return count_done(self.study.get_trials(deepcopy=False))
+
+
+def count_done(trials: Iterable[FrozenTrial]) -> int:
+    """Trials that spent budget: finished ones, but not those the user interrupted."""
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in trials
+               if t.state in finished and t.user_attrs.get("fail_reason") != INTERRUPTED)
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """A per-trial seed for weights, shuffling and dropout, fixed by the study seed."""
+    return (study_seed * 1_000_003 + number) % (2**31 - 1)
+
+
+def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
+             storage: str | None = None) -> StudyRun:
+    """Validate data, then create or reopen the study; nothing is written before the data passes."""
+    data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
+    objective = resolve_objective(spec, data.task)
+    rdb = open_storage(storage or spec.storage)
+    grid = space.grid(spec.space, spec.search.grid_size) if spec.search.sampler == "grid" else []
+    study = _open_study(spec, objective, rdb, grid)
+    budget = n_trials if n_trials is not None else spec.search.budget(len(grid))
+    return StudyRun(spec, study, data, objective, budget,
+                    timeout if timeout is not None else spec.search.timeout)
+
+
+def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -> None:
+    """Run trials until the study's budget or the timeout is spent.
+
+    On Ctrl-C the running trial is told FAIL ("interrupted by the user") so it does not
+    spend budget, and KeyboardInterrupt propagates; a later run picks up from there.
+    """
+    for listener in listeners:
+        listener.study_opened(run)
+    deadline = time.monotonic() + run.timeout if run.timeout else float("inf")
+    while run.done < run.budget and time.monotonic() < deadline:
+        _run_trial(run, trainer, listeners)
+
+
+def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> None:
+    trial = run.study.ask()
+    config = space.suggest(trial, run.spec.space)
+    for listener in listeners:
+        listener.trial_started(trial.number, config)
+
+    def prune(metrics: EpochMetrics) -> bool:
+        trial.report(metrics.val_metric, metrics.epoch)
+        for listener in listeners:
+            listener.epoch_ended(trial.number, metrics)
+        return trial.should_prune()
+
+    try:
+        outcome = trainer.train(config, seed=trial_seed(run.spec.seed, trial.number), prune=prune)
+    except BaseException as exc:
+        reason = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else f"error: {exc!r}"
+        outcome = TrialOutcome(state=FAILED, reason=reason)
+        _tell(run.study, trial, outcome, listeners, config)
+        raise
+    _tell(run.study, trial, outcome, listeners, config)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome,
+          listeners: Sequence[Listener], config: RegConfig) -> None:
+    for key, value in trial_attrs(outcome).items():
+        trial.set_user_attr(key, value)
+    value = outcome.value if outcome.state == COMPLETE else None
+    study.tell(trial, value, state=_STATES[outcome.state])
+    for listener in listeners:
+        listener.trial_ended(trial.number, config, outcome)
+
+
+def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:
+    """What Optuna keeps beside the value, so `best` can tell the whole story."""
+    best = outcome.best
+    attrs: dict[str, Any] = {
+        "epochs_run": outcome.epochs_run,
+        "seconds": round(outcome.seconds, 4),
+        "best_epoch": outcome.best_epoch,
+        "penalty": best.penalty if best else None,
+        "train_loss": best.train_loss if best else None,
+        "val_loss": best.val_loss if best else None,
+        "near_zero_share": outcome.near_zero_share,
+        "test_metric": outcome.test_metric,
+        "fail_reason": outcome.reason if outcome.state == FAILED else None,
+        "stop_reason": outcome.reason if outcome.state != FAILED else None,
+    }
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- opening
+
+def _make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    kind = spec.search.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if kind == "gp":
+        return _gp_sampler(spec, seed)
+    # `grid` runs enqueued grid points; random only fills in if the grid is exhausted.
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _gp_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SpecError(spec.source, "search.sampler",
+                        "'gp' needs PyTorch; install it with: pip install 'regsearch[gp]', "
+                        "or use sampler: tpe") from None
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def _make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    epochs = spec.train.epochs
+    return {
+        # Early-epoch scores are noisy: judge a trial only after a third of its epochs.
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5,
+                                                      n_warmup_steps=max(1, epochs // 3)),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
+                                                            max_resource=epochs),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[spec.search.pruner]()
+
+
+def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.BaseStorage,
+                grid: list[RegConfig]) -> optuna.Study:
+    """Reopen a study only if it was made from the same spec; never mix results silently."""
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage,
+                                                                        include_best_trial=False)}
+    previous = existing.get(spec.name)
+    if previous is not None:
+        _check_same_spec(spec, previous.user_attrs, storage)
+    n_before = previous.n_trials if previous is not None else 0
+    # Re-seeding by history length keeps a resumed study reproducible without replaying
+    # the first run's random start-up trials.
+    study = optuna.create_study(study_name=spec.name, storage=storage,
+                                direction=objective.direction, load_if_exists=True,
+                                sampler=_make_sampler(spec, spec.seed + n_before),
+                                pruner=_make_pruner(spec))
+    if previous is None:
+        study.set_user_attr(SPEC_ATTR, spec.identity())
+        study.set_user_attr(HASH_ATTR, spec.spec_hash)
+        study.set_user_attr(METRIC_ATTR, objective.metric)
+        for point in grid:
+            study.enqueue_trial(point.params(), skip_if_exists=True)
+    return study
+
+
+def _check_same_spec(spec: StudySpec, attrs: dict[str, Any], storage: Any) -> None:
+    if attrs.get(HASH_ATTR) == spec.spec_hash:
+        return
+    changes = _differences(attrs.get(SPEC_ATTR, {}), _jsonable(spec.identity()))
+    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    raise StudyMismatchError(
+        f"{spec.source}: study {spec.name!r} already exists in this storage with a different "
+        f"spec ({shown or 'unknown difference'}); give the study a new `name:` to start a "
+        "new study, or restore the old settings to continue it")
+
+
+def _jsonable(value: Any) -> Any:
+    """The identity as it comes back from storage (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if old == new else [f"{path} was {old!r}, now {new!r}"]

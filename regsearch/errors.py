@@ -1,0 +1,32 @@
+"""User-facing errors: the CLI prints them as one line and exits 2."""
+
+from __future__ import annotations
+
+
+class RegsearchError(Exception):
+    """An error caused by the user's input or environment, not by a bug.
+
+    The message alone must tell the user what was wrong, where, and how to fix it.
+    """
+
+
+class SpecError(RegsearchError):
+    """A study file that cannot be used as written."""
+
+    def __init__(self, source: str, field: str, message: str) -> None:
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where}: {message}")
+        self.source = source
+        self.field = field
+
+
+class DataError(RegsearchError):
+    """A data set that is missing, unreadable or unusable for training."""
+
+
+class StudyMismatchError(RegsearchError):
+    """An existing study was created from a different spec."""
+
+
+class StorageError(RegsearchError):
+    """A storage URL that cannot be reached or used."""

@@ -1,0 +1,70 @@
+"""Progress for long searches: a bar on a terminal, one line per trial in a log."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from regsearch.driver import StudyRun
+from regsearch.space import RegConfig
+from regsearch.trainers.base import COMPLETE, EpochMetrics, TrialOutcome
+
+
+class Progress:
+    """A `driver.Listener` that shows trials done, best so far and time left."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.bar = None
+        self.best: tuple[float, int] | None = None
+        self.sign = 1.0
+        self.metric = "value"
+        self.started = time.monotonic()
+        self.timeout: float | None = None
+
+    def study_opened(self, run: StudyRun) -> None:
+        self.metric, self.timeout = run.objective.metric, run.timeout
+        self.sign = 1.0 if run.objective.direction == "maximize" else -1.0
+        done = run.done
+        self._say(f"study {run.spec.name}: {run.data.description}; "
+                  f"{done} of {run.budget} trials already done")
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=run.budget, initial=min(done, run.budget), unit="trial",
+                            file=self.stream, dynamic_ncols=True)
+
+    def trial_started(self, number: int, config: RegConfig) -> None:
+        pass
+
+    def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
+        pass
+
+    def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
+        if outcome.state == COMPLETE and outcome.value is not None:
+            if self.best is None or self.sign * (outcome.value - self.best[0]) > 0:
+                self.best = (outcome.value, number)
+        best = f"best {self.metric}={self.best[0]:.4f} (#{self.best[1]})" if self.best else ""
+        if self.bar is not None:
+            self.bar.set_postfix_str(best + self._time_left(), refresh=False)
+            self.bar.update(1)
+            return
+        value = f"{self.metric}={outcome.value:.4f}" if outcome.value is not None else ""
+        why = f" ({outcome.reason})" if outcome.reason else ""
+        self._say(f"trial {number} {outcome.state}{why}: {value} {config.describe()} "
+                  f"[{outcome.epochs_run} epochs, {outcome.seconds:.1f}s]; {best}"
+                  f"{self._time_left()}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def _time_left(self) -> str:
+        if not self.timeout:
+            return ""
+        left = max(0.0, self.timeout - (time.monotonic() - self.started))
+        return f", {left:.0f}s of timeout left"
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)

@@ -1,0 +1,93 @@
+"""The regularization search space: regularizer type, strength and dropout rate."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from regsearch.spec import Range, SpaceSpec
+
+
+class Suggester(Protocol):
+    """The part of `optuna.Trial` the space needs (keeps Optuna out of this module)."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    """One point of the space: what a user copies into their own model."""
+
+    regularizer: str
+    l1: float = 0.0
+    l2: float = 0.0
+    dropout: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """Short text for logs and tables: only the strengths the type uses."""
+        parts = [f"regularizer={self.regularizer}"]
+        parts += [f"{k}={getattr(self, k):.3g}" for k in ("l1", "l2") if getattr(self, k)]
+        return " ".join(parts + [f"dropout={self.dropout:.3g}"])
+
+    def params(self) -> dict[str, Any]:
+        """The Optuna parameters that produce this config (strengths only where used)."""
+        out: dict[str, Any] = {"regularizer": self.regularizer}
+        if self.regularizer in ("l1", "l1_l2"):
+            out["l1"] = self.l1
+        if self.regularizer in ("l2", "l1_l2"):
+            out["l2"] = self.l2
+        out["dropout"] = self.dropout
+        return out
+
+
+def suggest(trial: Suggester, space: SpaceSpec) -> RegConfig:
+    """Sample a config; a strength is sampled only for the types that use it."""
+    kind = trial.suggest_categorical("regularizer", list(space.regularizers))
+    strength = space.strength
+    l1 = _suggest_strength(trial, "l1", strength) if kind in ("l1", "l1_l2") else 0.0
+    l2 = _suggest_strength(trial, "l2", strength) if kind in ("l2", "l1_l2") else 0.0
+    dropout = trial.suggest_float("dropout", space.dropout.low, space.dropout.high)
+    return RegConfig(kind, l1=l1, l2=l2, dropout=dropout)
+
+
+def _suggest_strength(trial: Suggester, name: str, strength: Range) -> float:
+    return trial.suggest_float(name, strength.low, strength.high, log=True)
+
+
+def from_params(params: dict[str, Any]) -> RegConfig:
+    """Rebuild a config from a stored trial's parameters."""
+    return RegConfig(
+        regularizer=params["regularizer"],
+        l1=float(params.get("l1", 0.0)),
+        l2=float(params.get("l2", 0.0)),
+        dropout=float(params.get("dropout", 0.0)),
+    )
+
+
+def grid(space: SpaceSpec, size: int) -> list[RegConfig]:
+    """Every config of a small grid: `size` log-spaced strengths and `size` dropout rates."""
+    strengths = _unique(np.geomspace(space.strength.low, space.strength.high, size))
+    dropouts = _unique(np.linspace(space.dropout.low, space.dropout.high, size))
+    points: list[RegConfig] = []
+    for kind in space.regularizers:
+        l1s = strengths if kind in ("l1", "l1_l2") else [0.0]
+        l2s = strengths if kind in ("l2", "l1_l2") else [0.0]
+        for l1, l2, rate in itertools.product(l1s, l2s, dropouts):
+            points.append(RegConfig(kind, l1=l1, l2=l2, dropout=rate))
+    return points
+
+
+def _unique(values: np.ndarray) -> list[float]:
+    out: list[float] = []
+    for value in (float(v) for v in values):
+        if not any(math.isclose(value, seen) for seen in out):
+            out.append(value)
+    return out

@@ -1,0 +1,532 @@
+"""Study files: YAML in, a frozen and fully validated `StudySpec` out.
+
+Everything a study file can get wrong is caught here, before any data is loaded or any
+database is touched, and every error names the file, the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import yaml
+
+from regsearch.errors import SpecError
+
+REGULARIZERS = ("none", "l1", "l2", "l1_l2")
+TASKS = ("binary", "multiclass", "regression")
+BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+SYNTHETIC_TASKS = ("classification", "regression")
+ACTIVATIONS = ("relu", "gelu", "elu", "selu", "tanh", "sigmoid", "swish", "leaky_relu")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SAMPLERS = ("tpe", "random", "grid", "gp")
+PRUNERS = ("median", "hyperband", "none")
+TRAINERS = ("keras",)
+DIRECTIONS = ("maximize", "minimize")
+DEFAULT_STORAGE = "sqlite:///runs/regsearch.db"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A validation metric on the data alone (never the regularization penalty)."""
+
+    name: str
+    direction: str
+    tasks: tuple[str, ...]
+
+
+_CLASSIFICATION = ("binary", "multiclass")
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("accuracy", "maximize", _CLASSIFICATION),
+        Metric("auc", "maximize", _CLASSIFICATION),
+        Metric("cross_entropy", "minimize", _CLASSIFICATION),
+        Metric("rmse", "minimize", ("regression",)),
+        Metric("mae", "minimize", ("regression",)),
+        Metric("mse", "minimize", ("regression",)),
+        Metric("r2", "maximize", ("regression",)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric a study optimizes and its direction, once the task is known."""
+
+    metric: str
+    direction: str
+
+
+def resolve_objective(spec: StudySpec, task: str) -> Objective:
+    """Fill in the default metric for `task` and check an explicit one fits it."""
+    metric = spec.objective.metric or ("rmse" if task == "regression" else "accuracy")
+    if task not in METRICS[metric].tasks:
+        allowed = [m.name for m in METRICS.values() if task in m.tasks]
+        raise SpecError(spec.source, "objective.metric",
+                        f"{metric!r} does not apply to the data's {task} task; "
+                        f"use one of: {', '.join(allowed)}")
+    direction = METRICS[metric].direction
+    if spec.objective.direction not in (None, direction):
+        raise SpecError(spec.source, "objective.direction",
+                        f"{spec.objective.direction!r} would search for the worst {metric} "
+                        f"(the default metric for a {task} task); use {direction!r}, "
+                        "name a metric, or leave direction out")
+    return Objective(metric, direction)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    task: str
+    samples: int = 2000
+    features: int = 20
+    classes: int = 2
+    informative: int | None = None
+    noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    builtin: str | None = None
+    file: str | None = None
+    target: str | None = None
+    synthetic: SyntheticSpec | None = None
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.0
+
+    def describe(self) -> str:
+        if self.builtin:
+            return f"builtin:{self.builtin}"
+        if self.synthetic:
+            s = self.synthetic
+            return f"synthetic:{s.task}(samples={s.samples}, features={s.features})"
+        return f"file:{self.file} (target {self.target})"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    hidden_units: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    regularizers: tuple[str, ...] = REGULARIZERS
+    strength: Range = Range(1e-6, 1e-1)
+    dropout: Range = Range(0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    patience: int
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    early_stopping: EarlyStopping | None = None
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    metric: str | None = None
+    direction: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_trials: int | None = None
+    timeout: float | None = None
+    grid_size: int = 3
+
+    def budget(self, grid_points: int) -> int:
+        """Trials to run: `n_trials`, else 20, else the whole grid for `sampler: grid`."""
+        if self.n_trials is not None:
+            return self.n_trials
+        return grid_points if self.sampler == "grid" else 20
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study: what to search, on which data, and where to record it."""
+
+    name: str
+    seed: int
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    space: SpaceSpec = SpaceSpec()
+    train: TrainSpec = TrainSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    search: SearchSpec = SearchSpec()
+    storage: str = DEFAULT_STORAGE
+    trainer: str = "keras"
+    source: str = field(default="<spec>", compare=False)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the study's results; a reopened study must match them.
+
+        Budgets (`search`), the storage URL and the trainer do not change what a trial
+        means, so they are left out: a user may extend a study or move it.
+        """
+        full = asdict(self)
+        return {k: full[k] for k in ("seed", "data", "model", "space", "train", "objective")}
+
+    @property
+    def spec_hash(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("source")
+        return out
+
+
+# --------------------------------------------------------------------------- parsing
+
+T = TypeVar("T")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_TOP_KEYS = ("name", "seed", "data", "model", "space", "train", "objective", "search",
+             "storage", "trainer")
+_DATA_KEYS = ("builtin", "file", "target", "synthetic", "validation_fraction", "test_fraction")
+_SYNTHETIC_KEYS = ("task", "samples", "features", "classes", "informative", "noise")
+
+
+class _Fields:
+    """One mapping of a study file, read key by key so that leftovers are errors."""
+
+    def __init__(self, raw: Any, path: str, source: str, keys: tuple[str, ...]) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise SpecError(source, path or "(top level)",
+                            f"expected a mapping of keys to values, got {_show(raw)}")
+        self.raw = dict(raw)
+        self.path = path
+        self.source = source
+        # Unknown keys first: a misspelled key must not surface as "x is required".
+        unknown = sorted(set(map(str, self.raw)) - set(keys))
+        if unknown:
+            raise SpecError(source, self.where(unknown[0]),
+                            f"unknown key; allowed keys here are: {', '.join(sorted(keys))}")
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> SpecError:
+        return SpecError(self.source, self.where(key), message)
+
+    def has(self, key: str) -> bool:
+        return key in self.raw and self.raw[key] is not None
+
+    def get(self, key: str, convert: Callable[[Any, str], T], default: T) -> T:
+        if not self.has(key):
+            return default
+        try:
+            return convert(self.raw[key], key)
+        except _Invalid as bad:
+            raise self.error(key, str(bad)) from None
+
+    def require(self, key: str, convert: Callable[[Any, str], T], hint: str) -> T:
+        if not self.has(key):
+            raise self.error(key, f"is required: {hint}")
+        return self.get(key, convert, None)  # type: ignore[arg-type]
+
+    def sub(self, key: str, keys: tuple[str, ...]) -> _Fields:
+        return _Fields(self.raw.get(key), self.where(key), self.source, keys)
+
+
+class _Invalid(ValueError):
+    """A single value is wrong; `_Fields` adds the file and field path."""
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any, str], int]:
+    def convert(value: Any, _key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected an integer, got {_show(value)}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise _Invalid(f"must be an integer {bounds}, got {value}")
+        return value
+    return convert
+
+
+def _number(value: Any, _key: str) -> float:
+    # PyYAML reads `1e-4` (no dot) as a string; accept it as the number the user meant.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Invalid(f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(f"expected a number, got {_show(value)}")
+    if isinstance(value, int) and abs(value) > 1e300:
+        raise _Invalid("is too large to be a float")
+    if not math.isfinite(value):
+        raise _Invalid(f"must be a finite number, got {value}")
+    return float(value)
+
+
+def _positive(value: Any, key: str) -> float:
+    number = _number(value, key)
+    if number <= 0:
+        raise _Invalid(f"must be > 0, got {number:g}")
+    return number
+
+
+def _fraction(low: float, high: float, *, high_open: bool) -> Callable[[Any, str], float]:
+    def convert(value: Any, key: str) -> float:
+        number = _number(value, key)
+        too_high = number >= high if high_open else number > high
+        if number < low or too_high:
+            bracket = ")" if high_open else "]"
+            raise _Invalid(f"must be in [{low:g}, {high:g}{bracket}, got {number:g}")
+        return number
+    return convert
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def convert(value: Any, _key: str) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise _Invalid(f"got {_show(value)}; allowed values are: {', '.join(options)}")
+        return value
+    return convert
+
+
+def _text(value: Any, _key: str) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        raise _Invalid(f"expected a non-empty string, got {_show(value)}")
+    return str(value)
+
+
+def _name(value: Any, key: str) -> str:
+    text = _text(value, key)
+    if not _NAME.fullmatch(text):
+        raise _Invalid(f"got {text!r}; use 1-100 letters, digits, '.', '_' or '-', "
+                       "starting with a letter or digit")
+    return text
+
+
+def _storage_url(value: Any, key: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = _text(value, key)
+    try:
+        make_url(text)
+    except ArgumentError:
+        raise _Invalid(f"got {text!r}, which is not a SQLAlchemy URL; "
+                       "use e.g. sqlite:///runs/regsearch.db or "
+                       "postgresql+psycopg://user@host/db") from None
+    return text
+
+
+# --------------------------------------------------------------------------- sections
+
+def _parse_range(f: _Fields, key: str, default: Range,
+                 convert: Callable[[Any, str], float]) -> Range:
+    if not f.has(key):
+        return default
+    sub = f.sub(key, ("low", "high"))
+    low = sub.get("low", convert, default.low)
+    high = sub.get("high", convert, default.high)
+    if low > high:
+        raise sub.error("low", f"must be <= {key}.high, got low={low:g} > high={high:g}")
+    return Range(low, high)
+
+
+def _parse_regularizers(value: Any, _key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _Invalid("must be a non-empty list drawn from: " + ", ".join(REGULARIZERS))
+    check = _choice(REGULARIZERS)
+    chosen = tuple(check(v, _key) for v in value)
+    if len(set(chosen)) != len(chosen):
+        raise _Invalid(f"lists a type twice: {list(chosen)}")
+    return chosen
+
+
+def _parse_units(value: Any, key: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _Invalid("must be a non-empty list of layer sizes, e.g. [64, 64]")
+    unit = _integer(1, 65536)
+    return tuple(unit(v, key) for v in value)
+
+
+def _parse_synthetic(f: _Fields) -> SyntheticSpec:
+    task = f.require("task", _choice(SYNTHETIC_TASKS), "classification or regression")
+    spec = SyntheticSpec(
+        task=task,
+        samples=f.get("samples", _integer(20, 10_000_000), 2000),
+        features=f.get("features", _integer(1, 100_000), 20),
+        classes=f.get("classes", _integer(2, 1000), 2),
+        informative=f.get("informative", _integer(1, 100_000), None),
+        noise=f.get("noise", _fraction(0.0, 1e6, high_open=False), 0.1),
+    )
+    if spec.informative is not None and spec.informative > spec.features:
+        raise f.error("informative", f"must be <= features ({spec.features}), "
+                                     f"got {spec.informative}")
+    return spec
+
+
+def _parse_data(f: _Fields, base: Path) -> DataSpec:
+    builtin = f.get("builtin", _choice(BUILTIN_DATASETS), None)
+    file = f.get("file", _text, None)
+    synthetic = (_parse_synthetic(f.sub("synthetic", _SYNTHETIC_KEYS))
+                 if f.has("synthetic") else None)
+    given = [k for k, v in (("builtin", builtin), ("file", file), ("synthetic", synthetic)) if v]
+    if len(given) != 1:
+        problem = "none is given" if not given else f"got {', '.join(given)}"
+        raise SpecError(f.source, f.path, f"give exactly one of builtin, file, synthetic; {problem}")
+    target = f.get("target", _text, None)
+    if file is not None:
+        path = Path(file).expanduser()
+        file = str(path if path.is_absolute() else (base / path))
+        if target is None and not file.endswith(".npz"):
+            raise f.error("target", "is required with `file`: the name of the target column")
+    elif target is not None:
+        raise f.error("target", "is only used with `file`; remove it for built-in data")
+    validation = f.get("validation_fraction", _fraction(0.0, 1.0, high_open=True), 0.2)
+    test = f.get("test_fraction", _fraction(0.0, 1.0, high_open=True), 0.0)
+    if validation <= 0:
+        raise f.error("validation_fraction", "must be > 0: the objective is measured on it")
+    if round(validation + test, 9) >= 0.9:
+        raise f.error("test_fraction", f"validation_fraction + test_fraction must be < 0.9 "
+                                       f"to leave data to train on, got {validation + test:g}")
+    return DataSpec(builtin=builtin, file=file, target=target, synthetic=synthetic,
+                    validation_fraction=validation, test_fraction=test)
+
+
+def _parse_model(f: _Fields) -> ModelSpec:
+    spec = ModelSpec(
+        hidden_units=f.get("hidden_units", _parse_units, ModelSpec.hidden_units),
+        activation=f.get("activation", _choice(ACTIVATIONS), "relu"),
+        task=f.get("task", _choice(TASKS), None),
+    )
+    return spec
+
+
+def _parse_space(f: _Fields) -> SpaceSpec:
+    default = SpaceSpec()
+    spec = SpaceSpec(
+        regularizers=f.get("regularizers", _parse_regularizers, default.regularizers),
+        strength=_parse_range(f, "strength", default.strength, _positive),
+        dropout=_parse_range(f, "dropout", default.dropout,
+                             _fraction(0.0, 1.0, high_open=True)),
+    )
+    return spec
+
+
+def _parse_train(f: _Fields) -> TrainSpec:
+    early = None
+    if f.has("early_stopping"):
+        sub = f.sub("early_stopping", ("patience", "min_delta"))
+        early = EarlyStopping(patience=sub.require("patience", _integer(1), "epochs to wait"),
+                              min_delta=sub.get("min_delta", _fraction(0, 1e9, high_open=False),
+                                                0.0))
+    spec = TrainSpec(
+        epochs=f.get("epochs", _integer(1, 100_000), 20),
+        batch_size=f.get("batch_size", _integer(1, 1_000_000), 64),
+        optimizer=f.get("optimizer", _choice(OPTIMIZERS), "adam"),
+        learning_rate=f.get("learning_rate", _positive, 1e-3),
+        early_stopping=early,
+    )
+    return spec
+
+
+def _parse_objective(f: _Fields, task: str | None) -> ObjectiveSpec:
+    metric = f.get("metric", _choice(tuple(METRICS)), None)
+    direction = f.get("direction", _choice(DIRECTIONS), None)
+    if metric is not None and direction is not None and direction != METRICS[metric].direction:
+        raise f.error("direction", f"{direction!r} would search for the worst {metric}; "
+                                   f"use {METRICS[metric].direction!r} or leave it out")
+    if metric is not None and task is not None and task not in METRICS[metric].tasks:
+        allowed = [m.name for m in METRICS.values() if task in m.tasks]
+        raise f.error("metric", f"{metric!r} does not apply to a {task} task; "
+                                f"use one of: {', '.join(allowed)}")
+    return ObjectiveSpec(metric=metric, direction=direction)
+
+
+def _parse_search(f: _Fields) -> SearchSpec:
+    timeout = f.get("timeout", _positive, None)
+    spec = SearchSpec(
+        sampler=f.get("sampler", _choice(SAMPLERS), "tpe"),
+        pruner=f.get("pruner", _choice(PRUNERS), "median"),
+        n_trials=f.get("n_trials", _integer(1, 10_000_000), None),
+        timeout=timeout,
+        grid_size=f.get("grid_size", _integer(1, 100), 3),
+    )
+    return spec
+
+
+def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) -> StudySpec:
+    """Validate an already-parsed study mapping (from YAML, JSON or code)."""
+    top = _Fields(raw, "", source, _TOP_KEYS)
+    name = top.require("name", _name, "a study name such as digits-quick")
+    seed = top.get("seed", _integer(0, 2**31 - 1), 0)
+    data = _parse_data(top.sub("data", _DATA_KEYS), base or Path.cwd()) if top.has("data") else None
+    if data is None:
+        raise top.error("data", "is required: e.g. `data: {builtin: digits}`")
+    model = _parse_model(top.sub("model", ("hidden_units", "activation", "task")))
+    spec = StudySpec(
+        name=name,
+        seed=seed,
+        data=data,
+        model=model,
+        space=_parse_space(top.sub("space", ("regularizers", "strength", "dropout"))),
+        train=_parse_train(top.sub("train", ("epochs", "batch_size", "optimizer",
+                                             "learning_rate", "early_stopping"))),
+        objective=_parse_objective(top.sub("objective", ("metric", "direction")), model.task),
+        search=_parse_search(top.sub("search", ("sampler", "pruner", "n_trials", "timeout",
+                                                "grid_size"))),
+        storage=top.get("storage", _storage_url, DEFAULT_STORAGE),
+        trainer=top.get("trainer", _choice(TRAINERS), "keras"),
+        source=source,
+    )
+    return spec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; raises `SpecError` naming the file and field."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, "", "no such study file; check the path "
+                                    "(ready-made studies are in studies/)") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(source, "", f"cannot be read as a UTF-8 text file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, line, f"invalid YAML: {problem}") from None
+    return parse_spec(raw, source=source, base=path.resolve().parent)

@@ -1,0 +1,104 @@
+"""What every trainer reports, and the stop rules they all share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from regsearch.spec import EarlyStopping
+
+COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch of one trial. Losses are data losses: the penalty is its own number."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_metric: float
+    penalty: float
+
+
+#: Called after each epoch; returns True when the trial should be pruned.
+PruneCheck = Callable[[EpochMetrics], bool]
+
+
+@dataclass
+class TrialOutcome:
+    state: str
+    value: float | None = None
+    best_epoch: int | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+    reason: str | None = None
+    seconds: float = 0.0
+    near_zero_share: float | None = None
+    test_metric: float | None = None
+    model: Any = field(default=None, repr=False)  # the best-epoch Keras model, on request
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+
+class StopRules:
+    """Tracks the best epoch and decides when a trial stops: diverged, stalled or pruned.
+
+    The trial's value is its best epoch's objective, and its weights are restored to that
+    epoch, as KerasTuner and `EarlyStopping(restore_best_weights=True)` do.
+    """
+
+    def __init__(self, direction: str, early_stopping: EarlyStopping | None) -> None:
+        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.early = early_stopping
+        self.history: list[EpochMetrics] = []
+        self.best_epoch: int | None = None
+        self.state: str | None = None
+        self.reason: str | None = None
+
+    @property
+    def best_value(self) -> float | None:
+        return self.history[self.best_epoch - 1].val_metric if self.best_epoch else None
+
+    def observe(self, metrics: EpochMetrics, prune: PruneCheck) -> bool:
+        """Record an epoch; False means stop (see `state` and `reason` for why)."""
+        self.history.append(metrics)
+        bad = [n for n in ("train_loss", "val_loss", "val_metric", "penalty")
+               if not math.isfinite(getattr(metrics, n))]
+        if bad:
+            return self._stop(FAILED, f"non-finite {', '.join(bad)} at epoch {metrics.epoch} "
+                                      "(training diverged)")
+        if self.improved(metrics):
+            self.best_epoch = metrics.epoch
+        if prune(metrics):
+            return self._stop(PRUNED, f"pruned at epoch {metrics.epoch}")
+        if self.early and metrics.epoch - self.best_epoch >= self.early.patience:
+            return self._stop(COMPLETE, f"early stopping at epoch {metrics.epoch}")
+        return True
+
+    def improved(self, metrics: EpochMetrics) -> bool:
+        if self.best_epoch is None:
+            return True
+        delta = self.early.min_delta if self.early else 0.0
+        return self.sign * (metrics.val_metric - self.best_value) > delta
+
+    def _stop(self, state: str, reason: str) -> bool:
+        self.state, self.reason = state, reason
+        return False
+
+    def outcome(self, seconds: float) -> TrialOutcome:
+        state = self.state or COMPLETE
+        return TrialOutcome(
+            state=state,
+            value=self.best_value if state != FAILED else None,
+            best_epoch=self.best_epoch,
+            history=list(self.history),
+            reason=self.reason,
+            seconds=seconds,
+        )

@@ -1,0 +1,128 @@
+"""The reference trainer: one standard `model.fit` per trial, exactly as users write it."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import keras
+import numpy as np
+
+from regsearch import metrics
+from regsearch.data import Dataset
+from regsearch.model import DATA_LOSS, build_model
+from regsearch.space import RegConfig
+from regsearch.spec import StudySpec
+from regsearch.trainers.base import FAILED, EpochMetrics, PruneCheck, StopRules, TrialOutcome
+
+_PREDICT_CHUNK = 8192
+_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+_DATA_LOSS_METRIC = {
+    "binary": keras.metrics.BinaryCrossentropy,
+    "multiclass": keras.metrics.SparseCategoricalCrossentropy,
+    "regression": keras.metrics.MeanSquaredError,
+}
+
+
+def enable_determinism() -> None:
+    """Same seed, same scores on CPU: TensorFlow needs deterministic ops switched on."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Inference-mode outputs (dropout off) without `predict`'s per-call set-up."""
+    parts = [keras.ops.convert_to_numpy(model(x[i:i + _PREDICT_CHUNK], training=False))
+             for i in range(0, len(x), _PREDICT_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
+class KerasTrainer:
+    """One `fit` per trial; the slow but obviously-correct reference."""
+
+    name = "keras"
+
+    def __init__(self, spec: StudySpec, data: Dataset, *, metric: str, direction: str) -> None:
+        self.spec, self.data = spec, data
+        self.metric, self.direction = metric, direction
+        enable_determinism()
+
+    def build(self, config: RegConfig) -> keras.Sequential:
+        model = build_model(config, n_features=self.data.n_features,
+                            output_units=self.data.output_units, task=self.data.task,
+                            hidden_units=self.spec.model.hidden_units,
+                            activation=self.spec.model.activation)
+        train = self.spec.train
+        model.compile(optimizer=_OPTIMIZERS[train.optimizer](learning_rate=train.learning_rate),
+                      loss=DATA_LOSS[self.data.task],
+                      metrics=[_DATA_LOSS_METRIC[self.data.task](name="data_loss")],
+                      jit_compile=False)
+        return model
+
+    def train(self, config: RegConfig, *, seed: int, prune: PruneCheck,
+              keep_model: bool = False) -> TrialOutcome:
+        """Train one config; with `keep_model` the outcome carries the best-epoch model."""
+        keras.utils.set_random_seed(seed)
+        started = time.perf_counter()
+        model = self.build(config)
+        watcher = _EpochWatcher(self, StopRules(self.direction, self.spec.train.early_stopping),
+                                prune)
+        try:
+            model.fit(self.data.x_train, self.data.y_train, batch_size=self.spec.train.batch_size,
+                      epochs=self.spec.train.epochs, shuffle=True, verbose=0,
+                      callbacks=[watcher])
+            outcome = watcher.rules.outcome(time.perf_counter() - started)
+            if outcome.state != FAILED and watcher.best_weights is not None:
+                model.set_weights(watcher.best_weights)
+                self._finish(model, outcome)
+                if keep_model:
+                    outcome.model = model
+        finally:
+            if not keep_model:
+                del model
+                keras.backend.clear_session(free_memory=True)
+                gc.collect()
+        return outcome
+
+    def evaluate(self, model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(data loss, objective metric) on held-out data, with dropout off."""
+        y_pred = predict(model, x)
+        d = self.data
+        return (metrics.data_loss(d.task, y, y_pred),
+                metrics.score(self.metric, d.task, y, y_pred,
+                              target_mean=d.target_mean, target_std=d.target_std))
+
+    def _finish(self, model: keras.Model, outcome: TrialOutcome) -> None:
+        kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
+                   if isinstance(layer, keras.layers.Dense) and layer.name != "output"]
+        outcome.near_zero_share = metrics.near_zero_share(kernels)
+        if len(self.data.x_test):
+            outcome.test_metric = self.evaluate(model, self.data.x_test, self.data.y_test)[1]
+
+
+class _EpochWatcher(keras.callbacks.Callback):
+    """Measures each epoch on data alone and applies the shared stop rules."""
+
+    def __init__(self, trainer: KerasTrainer, rules: StopRules, prune: PruneCheck) -> None:
+        super().__init__()
+        self.trainer, self.rules, self.prune = trainer, rules, prune
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        data = self.trainer.data
+        val_loss, val_metric = self.trainer.evaluate(self.model, data.x_val, data.y_val)
+        penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in self.model.losses))
+        current = EpochMetrics(epoch=epoch + 1, train_loss=float((logs or {})["data_loss"]),
+                               val_loss=val_loss, val_metric=val_metric, penalty=penalty)
+        keep_going = self.rules.observe(current, self.prune)
+        if self.rules.best_epoch == current.epoch:
+            self.best_weights = self.model.get_weights()
+        if not keep_going:
+            self.model.stop_training = True

@@ -1,0 +1,41 @@
+"""Shared fixtures: small, fast study specs and storage URLs for every SQL backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from regsearch.spec import StudySpec, parse_spec  # noqa: E402
+
+
+def tiny_study(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A digits study that trains in well under a second per trial."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 3,
+        "data": {"builtin": "digits"},
+        "model": {"hidden_units": [16]},
+        "train": {"epochs": 3, "batch_size": 128, "learning_rate": 0.01},
+        "search": {"n_trials": 4, "pruner": "none"},
+        "storage": f"sqlite:///{tmp_path / 'study.db'}",
+    }
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return raw
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> Callable[..., StudySpec]:
+    """`make_spec(train__epochs=5, space__regularizers=["l2"])` -> a validated spec."""
+    def make(**overrides: Any) -> StudySpec:
+        return parse_spec(tiny_study(tmp_path, **overrides), source="tiny.yaml", base=tmp_path)
+    return make

@@ -1,0 +1,161 @@
+"""The study driver: reproducibility, budgets, samplers, failures and reopening."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from regsearch import driver, space
+from regsearch.errors import DataError, SpecError, StorageError, StudyMismatchError
+from regsearch.trainers import make_trainer
+
+pytestmark = pytest.mark.slow
+
+
+def run(spec, **kwargs) -> driver.StudyRun:
+    study_run = driver.open_run(spec, **kwargs)
+    driver.run_study(study_run, make_trainer(study_run))
+    return study_run
+
+
+def history(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.value) for t in study.get_trials()]
+
+
+def test_same_seed_gives_same_trials_and_scores(make_spec, tmp_path) -> None:
+    first = run(make_spec(storage=f"sqlite:///{tmp_path / 'a.db'}"))
+    second = run(make_spec(storage=f"sqlite:///{tmp_path / 'b.db'}"))
+    assert len(first.study.trials) == 4
+    assert history(first.study) == history(second.study)
+    third = run(make_spec(seed=4, storage=f"sqlite:///{tmp_path / 'c.db'}"))
+    assert [t.params for t in third.study.trials] != [t.params for t in first.study.trials]
+
+
+def test_resumed_study_samples_new_points_and_stops_at_budget(make_spec) -> None:
+    spec = make_spec(search={"n_trials": 2, "pruner": "none", "sampler": "random"})
+    first = run(spec)
+    resumed = run(spec, n_trials=4)
+    trials = resumed.study.get_trials()
+    assert len(trials) == 4 and resumed.done == 4
+    assert trials[0].params == first.study.trials[0].params
+    # Re-seeded by history length: the resumed run does not replay the first two points.
+    assert {str(t.params) for t in trials[2:]}.isdisjoint({str(t.params) for t in trials[:2]})
+    run(spec, n_trials=4)  # nothing left to do
+    assert len(resumed.study.get_trials()) == 4
+
+
+def test_study_records_spec_hash_and_metric(make_spec) -> None:
+    spec = make_spec()
+    study = run(spec).study
+    assert study.user_attrs[driver.HASH_ATTR] == spec.spec_hash
+    assert study.user_attrs[driver.METRIC_ATTR] == "accuracy"
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trial = study.trials[0]
+    assert trial.user_attrs["epochs_run"] == 3
+    assert 0 <= trial.user_attrs["near_zero_share"] <= 1
+    assert trial.user_attrs["penalty"] >= 0
+
+
+def test_changed_spec_is_refused_naming_the_field(make_spec) -> None:
+    run(make_spec())
+    before = history(optuna.load_study(study_name="tiny", storage=make_spec().storage))
+    with pytest.raises(StudyMismatchError, match=r"space\.dropout\.high was 0\.5, now 0\.3"):
+        driver.open_run(make_spec(space={"dropout": {"high": 0.3}}))
+    with pytest.raises(StudyMismatchError, match=r"model\.hidden_units"):
+        driver.open_run(make_spec(model={"hidden_units": [8]}))
+    after = history(optuna.load_study(study_name="tiny", storage=make_spec().storage))
+    assert after == before
+
+
+def test_grid_runs_every_point_once(make_spec) -> None:
+    spec = make_spec(space={"regularizers": ["none", "l2"], "dropout": {"low": 0.0, "high": 0.4}},
+                     search={"sampler": "grid", "grid_size": 2, "pruner": "none"},
+                     train__epochs=1)
+    points = space.grid(spec.space, 2)
+    assert len(points) == 2 + 4  # none x 2 dropouts, l2 x 2 strengths x 2 dropouts
+    study = run(spec).study
+    seen = sorted(str(space.from_params(t.params)) for t in study.trials)
+    assert seen == sorted(str(p) for p in points)
+
+
+def test_diverging_trial_is_failed_with_reason_and_study_goes_on(make_spec) -> None:
+    spec = make_spec(data={"builtin": "diabetes"},
+                     train={"epochs": 3, "optimizer": "sgd", "learning_rate": 1e6},
+                     search={"n_trials": 2, "pruner": "none"})
+    study = run(spec).study
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("diverged" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_interrupted_trial_is_failed_and_does_not_spend_budget(make_spec) -> None:
+    spec = make_spec()
+    study_run = driver.open_run(spec)
+
+    class InterruptSecond:
+        def __init__(self, inner) -> None:
+            self.inner, self.calls = inner, 0
+
+        def train(self, config, *, seed, prune):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return self.inner.train(config, seed=seed, prune=prune)
+
+    with pytest.raises(KeyboardInterrupt):
+        driver.run_study(study_run, InterruptSecond(make_trainer(study_run)))
+    states = [t.state for t in study_run.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study_run.study.trials[1].user_attrs["fail_reason"] == driver.INTERRUPTED
+    assert study_run.done == 1
+    finished = run(spec)
+    assert finished.done == 4 and len(finished.study.trials) == 5
+
+
+def test_timeout_stops_starting_trials(make_spec) -> None:
+    spec = make_spec(search={"n_trials": 1000, "pruner": "none"}, train__epochs=1)
+    started = time.monotonic()
+    study_run = run(spec, timeout=3)
+    assert time.monotonic() - started < 30
+    assert 1 <= study_run.done < 1000
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruners_prune_some_trials(make_spec, pruner) -> None:
+    spec = make_spec(search={"n_trials": 12, "pruner": pruner, "sampler": "random"},
+                     space={"strength": {"low": 1e-4, "high": 10.0}}, train__epochs=6)
+    study = run(spec).study
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.PRUNED) >= 1
+    assert states.count(TrialState.COMPLETE) >= 1
+
+
+def test_gp_sampler_runs_or_says_how_to_install(make_spec) -> None:
+    spec = make_spec(search={"n_trials": 2, "pruner": "none", "sampler": "gp"})
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(SpecError, match=r"search\.sampler: 'gp' needs PyTorch.*regsearch\[gp\]"):
+            driver.open_run(spec)
+    else:
+        assert run(spec).done == 2
+
+
+def test_unreachable_database_is_a_clear_error_without_password(make_spec) -> None:
+    spec = make_spec(storage="postgresql+psycopg://user:hunter2@127.0.0.1:1/none")
+    with pytest.raises(StorageError) as info:
+        driver.open_run(spec)
+    message = str(info.value)
+    assert "hunter2" not in message and "***" in message
+    assert "127.0.0.1:1" in message and "check that the database server is running" in message
+
+
+def test_bad_data_is_refused_before_storage_is_created(make_spec, tmp_path) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("a,b,label\n1,nan,0\n2,3,1\n4,5,0\n6,7,1\n")
+    spec = make_spec(data={"file": str(csv), "target": "label"})
+    with pytest.raises(DataError, match="missing or infinite feature values"):
+        driver.open_run(spec)
+    assert not (tmp_path / "study.db").exists()
