@@ -1,1 +1,42 @@
-"""regsearch."""
+"""regsearch: search Keras regularization (type, strength, dropout) with Optuna.
+
+The public API, resolved lazily so that `regsearch validate` never imports TensorFlow::
+
+    spec = regsearch.load_spec("studies/digits-quick.yaml")
+    run = regsearch.open_run(spec)
+    regsearch.run_study(run, regsearch.make_trainer(run))
+    print(regsearch.summarize(run.study)["best"])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_spec": "regsearch.spec",
+    "parse_spec": "regsearch.spec",
+    "StudySpec": "regsearch.spec",
+    "load_dataset": "regsearch.data",
+    "Dataset": "regsearch.data",
+    "RegConfig": "regsearch.space",
+    "build_model": "regsearch.model",
+    "open_run": "regsearch.driver",
+    "run_study": "regsearch.driver",
+    "make_trainer": "regsearch.trainers",
+    "summarize": "regsearch.report",
+    "RegsearchError": "regsearch.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'regsearch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

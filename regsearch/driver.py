@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
 import optuna
@@ -20,11 +20,16 @@ from regsearch.data import Dataset, load_dataset
 from regsearch.errors import SpecError, StudyMismatchError
 from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
-from regsearch.storage import open_storage
+from regsearch.recorders import LedgerRecorder
+from regsearch.recorders.ledger import Ledger
+from regsearch.recorders.mlflow import MlflowRecorder
+from regsearch.storage import is_sqlite, open_storage
 from regsearch.trainers.base import COMPLETE, FAILED, PRUNED, EpochMetrics, TrialOutcome
 
 SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
 INTERRUPTED = "interrupted by the user"
+ABANDONED = "its process ended while the trial was running"
+UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -50,17 +55,22 @@ class StudyRun:
     objective: Objective
     budget: int
     timeout: float | None
+    storage_url: str
+    ledger: Ledger
+    recorders: list[Listener] = field(default_factory=list)
 
     @property
     def done(self) -> int:
         return count_done(self.study.get_trials(deepcopy=False))
 
+    def running_trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
 
 def count_done(trials: Iterable[FrozenTrial]) -> int:
-    """Trials that spent budget: finished ones, but not those the user interrupted."""
+    """Trials that spent budget: finished ones, but not interrupted or abandoned ones."""
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in trials
-               if t.state in finished and t.user_attrs.get("fail_reason") != INTERRUPTED)
+    return sum(1 for t in trials if t.state in finished and not t.user_attrs.get(UNCOUNTED))
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -69,16 +79,42 @@ def trial_seed(study_seed: int, number: int) -> int:
 
 
 def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
-             storage: str | None = None) -> StudyRun:
-    """Validate data, then create or reopen the study; nothing is written before the data passes."""
+             storage: str | None = None, mlflow: str | None = None) -> StudyRun:
+    """Validate data, then create or reopen the study and its records.
+
+    Nothing is written before the data passes. The ledger shares the study's database;
+    MLflow (unless disabled) gets its own.
+    """
     data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
     objective = resolve_objective(spec, data.task)
-    rdb = open_storage(storage or spec.storage)
+    url = storage or spec.storage
+    rdb = open_storage(url)
     grid = space.grid(spec.space, spec.search.grid_size) if spec.search.sampler == "grid" else []
     study = _open_study(spec, objective, rdb, grid)
-    budget = n_trials if n_trials is not None else spec.search.budget(len(grid))
-    return StudyRun(spec, study, data, objective, budget,
-                    timeout if timeout is not None else spec.search.timeout)
+    ledger = Ledger(url)
+    ledger.open_study(name=spec.name, spec_hash=spec.spec_hash, spec=spec.to_dict(),
+                      description=data.description, metric=objective.metric,
+                      direction=objective.direction)
+    run = StudyRun(spec, study, data, objective,
+                   n_trials if n_trials is not None else spec.search.budget(len(grid)),
+                   timeout if timeout is not None else spec.search.timeout, url, ledger)
+    if is_sqlite(url):  # one process at a time: anything still running was abandoned
+        fail_abandoned(run, [t.number for t in run.running_trials()])
+    run.recorders = [LedgerRecorder(ledger)]
+    if mlflow or spec.mlflow.enabled:
+        run.recorders.append(MlflowRecorder(mlflow or spec.mlflow.tracking_uri, ledger))
+    return run
+
+
+def fail_abandoned(run: StudyRun, numbers: list[int]) -> None:
+    """Fail trials a dead process left running, in Optuna and the ledger; they are re-run."""
+    storage = run.study._storage
+    for trial in run.running_trials():
+        if trial.number in numbers:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", ABANDONED)
+            storage.set_trial_user_attr(trial._trial_id, UNCOUNTED, True)
+            run.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    run.ledger.fail_running(run.spec.name, numbers, ABANDONED)
 
 
 def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -> None:
@@ -86,12 +122,18 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -
 
     On Ctrl-C the running trial is told FAIL ("interrupted by the user") so it does not
     spend budget, and KeyboardInterrupt propagates; a later run picks up from there.
+    Recorders come first so the ledger holds a trial before anything else reports it.
     """
+    listeners = [*run.recorders, *listeners]
     for listener in listeners:
         listener.study_opened(run)
     deadline = time.monotonic() + run.timeout if run.timeout else float("inf")
-    while run.done < run.budget and time.monotonic() < deadline:
-        _run_trial(run, trainer, listeners)
+    try:
+        while run.done < run.budget and time.monotonic() < deadline:
+            _run_trial(run, trainer, listeners)
+    finally:
+        for recorder in run.recorders:
+            getattr(recorder, "close", lambda: None)()
 
 
 def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> None:
@@ -109,8 +151,11 @@ def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> No
     try:
         outcome = trainer.train(config, seed=trial_seed(run.spec.seed, trial.number), prune=prune)
     except BaseException as exc:
-        reason = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else f"error: {exc!r}"
-        outcome = TrialOutcome(state=FAILED, reason=reason)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if interrupted:
+            trial.set_user_attr(UNCOUNTED, True)
+        outcome = TrialOutcome(state=FAILED,
+                               reason=INTERRUPTED if interrupted else f"error: {exc!r}")
         _tell(run.study, trial, outcome, listeners, config)
         raise
     _tell(run.study, trial, outcome, listeners, config)
@@ -128,16 +173,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome,
 
 def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:
     """What Optuna keeps beside the value, so `best` can tell the whole story."""
-    best = outcome.best
     attrs: dict[str, Any] = {
-        "epochs_run": outcome.epochs_run,
-        "seconds": round(outcome.seconds, 4),
-        "best_epoch": outcome.best_epoch,
-        "penalty": best.penalty if best else None,
-        "train_loss": best.train_loss if best else None,
-        "val_loss": best.val_loss if best else None,
-        "near_zero_share": outcome.near_zero_share,
-        "test_metric": outcome.test_metric,
+        **outcome.summary(),
         "fail_reason": outcome.reason if outcome.state == FAILED else None,
         "stop_reason": outcome.reason if outcome.state != FAILED else None,
     }

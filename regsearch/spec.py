@@ -29,6 +29,7 @@ PRUNERS = ("median", "hyperband", "none")
 TRAINERS = ("keras",)
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_STORAGE = "sqlite:///runs/regsearch.db"
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,14 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class MlflowSpec:
+    """Where trials are mirrored for the MLflow UI; its own database, never the storage's."""
+
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study: what to search, on which data, and where to record it."""
 
@@ -177,6 +186,7 @@ class StudySpec:
     objective: ObjectiveSpec = ObjectiveSpec()
     search: SearchSpec = SearchSpec()
     storage: str = DEFAULT_STORAGE
+    mlflow: MlflowSpec = MlflowSpec()
     trainer: str = "keras"
     source: str = field(default="<spec>", compare=False)
 
@@ -205,7 +215,7 @@ class StudySpec:
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TOP_KEYS = ("name", "seed", "data", "model", "space", "train", "objective", "search",
-             "storage", "trainer")
+             "storage", "mlflow", "trainer")
 _DATA_KEYS = ("builtin", "file", "target", "synthetic", "validation_fraction", "test_fraction")
 _SYNTHETIC_KEYS = ("task", "samples", "features", "classes", "informative", "noise")
 
@@ -472,6 +482,22 @@ def _parse_objective(f: _Fields, task: str | None) -> ObjectiveSpec:
     return ObjectiveSpec(metric=metric, direction=direction)
 
 
+def _boolean(value: Any, _key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _parse_mlflow(f: _Fields, storage: str) -> MlflowSpec:
+    spec = MlflowSpec(tracking_uri=f.get("tracking_uri", _text, DEFAULT_TRACKING_URI),
+                      enabled=f.get("enabled", _boolean, True))
+    if spec.enabled and spec.tracking_uri == storage:
+        raise f.error("tracking_uri", "must not be the study's storage URL: Optuna and MLflow "
+                                      "both keep an `alembic_version` table; use a database "
+                                      "of its own, e.g. sqlite:///runs/mlflow.db")
+    return spec
+
+
 def _parse_search(f: _Fields) -> SearchSpec:
     timeout = f.get("timeout", _positive, None)
     spec = SearchSpec(
@@ -493,6 +519,7 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) ->
     if data is None:
         raise top.error("data", "is required: e.g. `data: {builtin: digits}`")
     model = _parse_model(top.sub("model", ("hidden_units", "activation", "task")))
+    storage = top.get("storage", _storage_url, DEFAULT_STORAGE)
     spec = StudySpec(
         name=name,
         seed=seed,
@@ -504,7 +531,8 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) ->
         objective=_parse_objective(top.sub("objective", ("metric", "direction")), model.task),
         search=_parse_search(top.sub("search", ("sampler", "pruner", "n_trials", "timeout",
                                                 "grid_size"))),
-        storage=top.get("storage", _storage_url, DEFAULT_STORAGE),
+        storage=storage,
+        mlflow=_parse_mlflow(top.sub("mlflow", ("tracking_uri", "enabled")), storage),
         trainer=top.get("trainer", _choice(TRAINERS), "keras"),
         source=source,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy
@@ -15,11 +16,14 @@ _DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mys
 
 
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced, safe to print and to record."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return "<invalid URL>"
+    """The URL with its password replaced by ***, safe to print and to record."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -28,7 +32,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         _make_folder(Path(parsed.database), url)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(parsed))
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     except ModuleNotFoundError as exc:
         extra = _DRIVER_EXTRAS.get(exc.name or "", "postgres or mysql")
         raise StorageError(f"storage {mask_url(url)}: the database driver {exc.name!r} is not "
@@ -38,8 +42,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                            "the database server is running and the URL is right") from None
 
 
-def _engine_kwargs(url: URL) -> dict:
-    if url.get_backend_name() == "sqlite":
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def engine_kwargs(url: str) -> dict:
+    """The same connection settings for Optuna's engine and the ledger's."""
+    if is_sqlite(url):
         return {"connect_args": {"timeout": 30}}
     # Pre-ping recovers from a server restart between trials instead of failing a tell().
     return {"pool_pre_ping": True}

@@ -9,6 +9,9 @@ from typing import Any, Callable
 from regsearch.spec import EarlyStopping
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+#: Per-trial numbers kept beside the value (Optuna user attrs, ledger columns, MLflow).
+SUMMARY_FIELDS = ("best_epoch", "epochs_run", "seconds", "penalty", "train_loss", "val_loss",
+                  "near_zero_share", "test_metric")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,20 @@ class TrialOutcome:
     @property
     def best(self) -> EpochMetrics | None:
         return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+    def summary(self) -> dict[str, float | int | None]:
+        """`SUMMARY_FIELDS`, with the losses and penalty of the best epoch."""
+        best = self.best
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 4),
+            "penalty": best.penalty if best else None,
+            "train_loss": best.train_loss if best else None,
+            "val_loss": best.val_loss if best else None,
+            "near_zero_share": self.near_zero_share,
+            "test_metric": self.test_metric,
+        }
 
 
 class StopRules:

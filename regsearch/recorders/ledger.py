@@ -1,0 +1,246 @@
+"""The SQL ledger: flat `regsearch_*` tables, the source of truth for every trial.
+
+One row per study, per trial and per trial-epoch, easy to query with plain SQL. MLflow is
+a view of these rows and can be rebuilt from them (`regsearch sync`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from regsearch.errors import StorageError
+from regsearch.space import RegConfig
+from regsearch.storage import engine_kwargs, mask_url
+from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
+
+SCHEMA_VERSION = 1
+RUNNING = "running"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN/inf become NULL: MySQL cannot store them, and SQL aggregates would choke."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    __tablename__ = "regsearch_meta"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(255))
+
+
+class StudyRow(Base):
+    __tablename__ = "regsearch_studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    spec_hash: Mapped[str] = mapped_column(sa.String(64))
+    spec: Mapped[str] = mapped_column(sa.Text)
+    created: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+    data_description: Mapped[str] = mapped_column(sa.Text)
+    metric: Mapped[str] = mapped_column(sa.String(32))
+    direction: Mapped[str] = mapped_column(sa.String(8))
+    trials: Mapped[list[TrialRow]] = relationship(back_populates="study",
+                                                  order_by="TrialRow.number")
+
+
+class TrialRow(Base):
+    __tablename__ = "regsearch_trials"
+    __table_args__ = (sa.UniqueConstraint("study_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_studies.id"), index=True)
+    number: Mapped[int]
+    state: Mapped[str] = mapped_column(sa.String(16))
+    regularizer: Mapped[str] = mapped_column(sa.String(8))
+    l1: Mapped[float] = mapped_column(sa.Double)
+    l2: Mapped[float] = mapped_column(sa.Double)
+    dropout: Mapped[float] = mapped_column(sa.Double)
+    value: Mapped[float | None] = mapped_column(sa.Double)
+    best_epoch: Mapped[int | None]
+    train_loss: Mapped[float | None] = mapped_column(sa.Double)
+    val_loss: Mapped[float | None] = mapped_column(sa.Double)
+    penalty: Mapped[float | None] = mapped_column(sa.Double)
+    near_zero_share: Mapped[float | None] = mapped_column(sa.Double)
+    test_metric: Mapped[float | None] = mapped_column(sa.Double)
+    epochs_run: Mapped[int] = mapped_column(default=0)
+    seconds: Mapped[float | None] = mapped_column(sa.Double)
+    worker_host: Mapped[str] = mapped_column(sa.String(255))
+    mlflow_run_id: Mapped[str | None] = mapped_column(sa.String(64))
+    mlflow_synced: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    started: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+    finished: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    study: Mapped[StudyRow] = relationship(back_populates="trials")
+    epochs: Mapped[list[EpochRow]] = relationship(order_by="EpochRow.epoch",
+                                                  cascade="all, delete-orphan")
+
+    @property
+    def config(self) -> RegConfig:
+        return RegConfig(self.regularizer, l1=self.l1, l2=self.l2, dropout=self.dropout)
+
+
+class EpochRow(Base):
+    __tablename__ = "regsearch_epochs"
+    trial_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_trials.id"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(primary_key=True)
+    train_loss: Mapped[float | None] = mapped_column(sa.Double)
+    val_loss: Mapped[float | None] = mapped_column(sa.Double)
+    val_metric: Mapped[float | None] = mapped_column(sa.Double)
+    penalty: Mapped[float | None] = mapped_column(sa.Double)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as the ledger holds it: all MLflow needs to show (or rebuild) the run."""
+
+    study: str
+    number: int
+    state: str
+    config: RegConfig
+    value: float | None = None
+    reason: str | None = None
+    summary: dict[str, float | int | None] = field(default_factory=dict)
+    epochs: tuple[EpochMetrics, ...] = ()
+    mlflow_run_id: str | None = None
+
+    @classmethod
+    def from_outcome(cls, study: str, number: int, config: RegConfig,
+                     outcome: TrialOutcome) -> TrialRecord:
+        return cls(study=study, number=number, state=outcome.state, config=config,
+                   value=_finite(outcome.value), reason=outcome.reason,
+                   summary=outcome.summary(), epochs=tuple(outcome.history))
+
+
+class Ledger:
+    """Reads and writes the ledger tables at one SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url, **engine_kwargs(url))
+        try:
+            Base.metadata.create_all(self.engine)
+            self._check_version()
+        except sa.exc.OperationalError as exc:
+            raise StorageError(f"cannot open the ledger at {mask_url(url)}: "
+                               f"{str(exc.orig).splitlines()[0]}") from None
+
+    def _check_version(self) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(MetaRow, "schema_version")
+            if row is None:
+                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif row.value != str(SCHEMA_VERSION):
+                raise StorageError(
+                    f"the ledger at {mask_url(self.url)} has schema version {row.value}, but "
+                    f"this regsearch uses version {SCHEMA_VERSION}; install the regsearch "
+                    "version that wrote it, or record this study in a new database")
+
+    # ------------------------------------------------------------------ writing
+
+    def open_study(self, *, name: str, spec_hash: str, spec: dict[str, Any], description: str,
+                   metric: str, direction: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            if session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name)) is None:
+                session.add(StudyRow(name=name, spec_hash=spec_hash,
+                                     spec=json.dumps(spec, sort_keys=True, default=str),
+                                     data_description=description, metric=metric,
+                                     direction=direction))
+
+    def trial_started(self, study: str, number: int, config: RegConfig) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = self._trial(session, study, number)
+            if row is None:
+                row = TrialRow(study_id=self._study_id(session, study), number=number)
+                session.add(row)
+            row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
+            row.regularizer, row.l1, row.l2, row.dropout = (
+                config.regularizer, config.l1, config.l2, config.dropout)
+            row.epochs.clear()
+
+    def trial_ended(self, study: str, number: int, outcome: TrialOutcome) -> None:
+        """One transaction for the trial row and all of its epochs."""
+        with Session(self.engine) as session, session.begin():
+            row = self._trial(session, study, number)
+            row.state, row.reason, row.finished = outcome.state, outcome.reason, _now()
+            row.value = _finite(outcome.value)
+            for key, value in outcome.summary().items():
+                setattr(row, key, _finite(value) if isinstance(value, float) else value)
+            row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=_finite(m.train_loss),
+                                      val_loss=_finite(m.val_loss),
+                                      val_metric=_finite(m.val_metric),
+                                      penalty=_finite(m.penalty)) for m in outcome.history]
+
+    def fail_running(self, study: str, numbers: list[int], reason: str) -> None:
+        """Trials a dead process left `running` are failed with the reason, as in Optuna."""
+        with Session(self.engine) as session, session.begin():
+            for number in numbers:
+                row = self._trial(session, study, number)
+                if row is not None and row.state == RUNNING:
+                    row.state, row.reason, row.finished = "failed", reason, _now()
+
+    def set_mlflow(self, study: str, number: int, run_id: str | None, synced: bool) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = self._trial(session, study, number)
+            if row is not None:
+                row.mlflow_run_id = run_id or row.mlflow_run_id
+                row.mlflow_synced = synced
+
+    # ------------------------------------------------------------------ reading
+
+    def study_names(self) -> list[str]:
+        with Session(self.engine) as session:
+            return list(session.scalars(sa.select(StudyRow.name).order_by(StudyRow.name)))
+
+    def study(self, name: str) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            row = session.scalar(sa.select(StudyRow).where(StudyRow.name == name))
+            if row is None:
+                return None
+            return {"name": row.name, "spec_hash": row.spec_hash, "spec": json.loads(row.spec),
+                    "data_description": row.data_description, "metric": row.metric,
+                    "direction": row.direction}
+
+    def records(self, study: str, *, unsynced_only: bool = False) -> Iterator[TrialRecord]:
+        """Finished or running trials as records, in trial order."""
+        with Session(self.engine) as session:
+            query = (sa.select(TrialRow).join(StudyRow).where(StudyRow.name == study)
+                     .order_by(TrialRow.number))
+            if unsynced_only:
+                query = query.where(TrialRow.mlflow_synced.is_(False))
+            for row in session.scalars(query):
+                yield _record(study, row)
+
+    def _study_id(self, session: Session, name: str) -> int:
+        return session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name))
+
+    def _trial(self, session: Session, study: str, number: int) -> TrialRow | None:
+        return session.scalar(sa.select(TrialRow).join(StudyRow)
+                              .where(StudyRow.name == study, TrialRow.number == number))
+
+
+def _record(study: str, row: TrialRow) -> TrialRecord:
+    epochs = tuple(EpochMetrics(epoch=e.epoch, train_loss=_nan(e.train_loss),
+                                val_loss=_nan(e.val_loss), val_metric=_nan(e.val_metric),
+                                penalty=_nan(e.penalty)) for e in row.epochs)
+    summary = {key: getattr(row, key) for key in SUMMARY_FIELDS}
+    return TrialRecord(study=study, number=row.number, state=row.state, config=row.config,
+                       value=row.value, reason=row.reason, summary=summary, epochs=epochs,
+                       mlflow_run_id=row.mlflow_run_id)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value

@@ -1,0 +1,267 @@
+"""MLflow: one experiment per study, a parent run per study, a nested child run per trial.
+
+MLflow is a view of the ledger. Runs are addressed by explicit ids through `MlflowClient`
+(no global active run), so parallel trials cannot cross. Live logging happens on one
+background thread with short HTTP timeouts: a slow or dead tracking server never stalls
+training; the first failure is one warning, later writes are skipped, and the ledger keeps
+what MLflow is missing for `regsearch sync`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+# MLflow's defaults retry a dead server for minutes; these bound each call to seconds.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+import yaml  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
+from regsearch.space import RegConfig  # noqa: E402
+from regsearch.storage import mask_url  # noqa: E402
+
+ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
+                                   "regsearch.state", "regsearch.complete")
+_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+_BATCH = 900  # log_batch takes at most 1000 metrics per call
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a local SQLite store go in `mlartifacts/` beside its database file."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    database = Path(make_url(tracking_uri).database or "mlflow.db").expanduser().resolve()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return (database.parent / "mlartifacts").as_uri()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested spec -> MLflow params such as `space.dropout.high`."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+class MlflowWriter:
+    """Synchronous MLflow writes; shared by live recording and `regsearch sync`."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def experiment(self, study: str) -> str:
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(study, artifact_location=_subdir(
+            artifact_root(self.tracking_uri), study))
+
+    def parent_run(self, experiment_id: str, study: dict[str, Any], storage_url: str) -> str:
+        """The study's parent run, found by tag or created with the spec as params/artifact."""
+        found = self._find(experiment_id, f"tags.`{ROLE}` = 'parent'")
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(experiment_id, run_name=study["name"],
+                                     tags={ROLE: "parent", STUDY: study["name"],
+                                           "regsearch.spec_hash": study["spec_hash"]})
+        params = {**flatten(study["spec"]), "metric": study["metric"],
+                  "direction": study["direction"], "storage": mask_url(storage_url)}
+        self._log(run.info.run_id, params=params)
+        self.client.log_text(run.info.run_id, yaml.safe_dump(study["spec"], sort_keys=False),
+                             "spec.yaml")
+        return run.info.run_id
+
+    def start_trial(self, experiment_id: str, parent_id: str, study: str, number: int,
+                    config: RegConfig) -> str:
+        run = self.client.create_run(experiment_id, run_name=f"trial-{number:04d}", tags={
+            "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study, TRIAL: str(number),
+            STATE: "running"})
+        self._log(run.info.run_id, params={k: str(v) for k, v in config.as_dict().items()})
+        return run.info.run_id
+
+    def finish_trial(self, run_id: str, record: TrialRecord, metric: str) -> None:
+        """All epochs and the outcome in batches, then the completion tag last."""
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(key, value, stamp, m.epoch) for m in record.epochs for key, value in (
+            ("train_loss", m.train_loss), ("val_loss", m.val_loss), (f"val_{metric}", m.val_metric),
+            ("penalty", m.penalty))]
+        metrics += [Metric(f"final_{k}", float(v), stamp, 0)
+                    for k, v in record.summary.items() if v is not None]
+        if record.value is not None:
+            metrics.append(Metric("value", record.value, stamp, 0))
+        tags = {STATE: record.state, "regsearch.reason": record.reason or ""}
+        self._log(run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(run_id, _STATUS.get(record.state, "FAILED"))
+        self._log(run_id, tags={DONE: "true"})
+
+    def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
+                    metric: str) -> str:
+        """Rebuild one trial's run from the ledger, replacing any partial run; idempotent."""
+        existing = self._find(experiment_id, f"tags.`{TRIAL}` = '{record.number}'")
+        complete = [r for r in existing if r.data.tags.get(DONE) == "true"]
+        if complete:
+            return complete[0].info.run_id
+        for partial in existing:
+            self.client.delete_run(partial.info.run_id)
+        run_id = self.start_trial(experiment_id, parent_id, record.study, record.number,
+                                  record.config)
+        self.finish_trial(run_id, record, metric)
+        return run_id
+
+    def set_best(self, parent_id: str, record: TrialRecord, metric: str) -> None:
+        config = record.config
+        tags = {"best.trial": str(record.number), "best.regularizer": config.regularizer,
+                "best.l1": str(config.l1), "best.l2": str(config.l2),
+                "best.dropout": str(config.dropout)}
+        stamp = int(time.time() * 1000)
+        self._log(parent_id, metrics=[Metric(f"best_{metric}", record.value, stamp,
+                                             record.number)], tags=tags)
+
+    def close_stale(self, experiment_id: str, alive: set[int]) -> list[int]:
+        """Trial runs still RUNNING whose trial is not running any more become KILLED."""
+        closed = []
+        for run in self._find(experiment_id, "attributes.status = 'RUNNING'"):
+            number = run.data.tags.get(TRIAL)
+            if number is not None and int(number) not in alive:
+                self.client.set_tag(run.info.run_id, STATE, "killed")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                closed.append(int(number))
+        return closed
+
+    def end_parent(self, parent_id: str) -> None:
+        self.client.set_terminated(parent_id, "FINISHED")
+
+    def _find(self, experiment_id: str, where: str) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], where, max_results=1000,
+                                           page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _log(self, run_id: str, *, metrics: Iterable[Metric] = (),
+             params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+        """As few `log_batch` calls as MLflow's limits allow (1000 metrics, 100 params/tags)."""
+        metrics = list(metrics)
+        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
+        while metrics or param_list or tag_list:
+            self.client.log_batch(run_id, metrics=metrics[:_BATCH], params=param_list[:100],
+                                  tags=tag_list[:100])
+            metrics, param_list, tag_list = metrics[_BATCH:], param_list[100:], tag_list[100:]
+
+
+def _subdir(root: str | None, name: str) -> str | None:
+    return f"{root}/{name}" if root else None
+
+
+class MlflowRecorder:
+    """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
+
+    def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
+                 drain_seconds: float = 30.0) -> None:
+        self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
+        self.drain_seconds = drain_seconds
+        self.failed: str | None = None
+        self.writer: MlflowWriter | None = None
+        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="regsearch-mlflow", daemon=True)
+        self.thread.start()
+        self.study = self.metric = self.direction = ""
+        self.experiment_id = self.parent_id = ""
+        self.run_ids: dict[int, str] = {}
+        self.best: float | None = None
+
+    # ---------------------------------------------------------------- listener
+
+    def study_opened(self, run: Any) -> None:
+        info = self.ledger.study(run.spec.name)
+        self.study, self.metric = info["name"], info["metric"]
+        self.direction = info["direction"]
+        alive = {t.number for t in run.running_trials()}
+        storage = run.storage_url
+
+        def open_study() -> None:
+            self.writer = MlflowWriter(self.tracking_uri)
+            self.experiment_id = self.writer.experiment(self.study)
+            self.parent_id = self.writer.parent_run(self.experiment_id, info, storage)
+            self.writer.close_stale(self.experiment_id, alive)
+        self._submit(open_study)
+
+    def trial_started(self, number: int, config: RegConfig) -> None:
+        def start() -> None:
+            run_id = self.writer.start_trial(self.experiment_id, self.parent_id, self.study,
+                                             number, config)
+            self.run_ids[number] = run_id
+            self.ledger.set_mlflow(self.study, number, run_id, synced=False)
+        self._submit(start)
+
+    def epoch_ended(self, number: int, metrics: Any) -> None:
+        pass  # epochs reach MLflow in one batch when the trial ends
+
+    def trial_ended(self, number: int, config: RegConfig, outcome: Any) -> None:
+        record = TrialRecord.from_outcome(self.study, number, config, outcome)
+
+        def finish() -> None:
+            run_id = self.run_ids.pop(number)
+            self.writer.finish_trial(run_id, record, self.metric)
+            self.ledger.set_mlflow(self.study, number, run_id, synced=True)
+            if record.value is not None and record.state == "complete" and self._better(record):
+                self.writer.set_best(self.parent_id, record, self.metric)
+        self._submit(finish)
+
+    def close(self) -> None:
+        """Wait a bounded time for queued writes; what is left stays for `regsearch sync`."""
+        self._submit(lambda: self.writer.end_parent(self.parent_id))
+        self.tasks.put(None)
+        self.thread.join(self.drain_seconds)
+        if self.thread.is_alive():
+            self._warn(f"MLflow writes did not finish within {self.drain_seconds:.0f}s")
+
+    # ---------------------------------------------------------------- internals
+
+    def _better(self, record: TrialRecord) -> bool:
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        if self.best is None or sign * (record.value - self.best) > 0:
+            self.best = record.value
+            return True
+        return False
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        if self.failed is None:
+            self.tasks.put(task)
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            if self.failed is not None:
+                continue
+            try:
+                task()
+            except Exception as exc:  # any MLflow failure: warn once, keep training
+                self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self._warn(self.failed)
+
+    def _warn(self, problem: str) -> None:
+        print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} failed ({problem}); "
+              f"training continues and the ledger keeps every trial; run `regsearch sync "
+              f"{self.study}` once MLflow is back", file=self.stream, flush=True)
