@@ -30,7 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from regsearch.trainers import make_trainer
 
     spec = load_spec(args.study)
-    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, storage=args.storage)
+    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, storage=args.storage,
+                          mlflow=args.mlflow)
     progress = Progress()
     try:
         driver.run_study(run, make_trainer(run), [progress])
@@ -45,6 +46,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from regsearch.recorders.mlflow import sync_study
+
+    written, kept = sync_study(args.name, args.storage, args.mlflow)
+    print(f"synced {args.name}: {written} trial runs written to MLflow, {kept} already there")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on the local store; `mlflow server` itself, so nothing is re-implemented."""
+    import subprocess
+
+    from regsearch.recorders.mlflow import artifact_root
+
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", args.mlflow,
+               "--host", args.host, "--port", str(args.port)]
+    root = artifact_root(args.mlflow)
+    if root:
+        command += ["--default-artifact-root", root]
+    print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    return subprocess.call(command)
+
+
 def _cmd_best(args: argparse.Namespace) -> int:
     from regsearch import report
 
@@ -55,7 +79,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from regsearch.report import FORMATS
-    from regsearch.spec import DEFAULT_STORAGE
+    from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -68,7 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=_positive_int, help="total trial budget of the study")
     run.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     run.add_argument("--storage", help="SQLAlchemy URL (overrides the study file)")
+    run.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (overrides the study file)")
     run.set_defaults(handler=_cmd_run)
+
+    sync = commands.add_parser("sync", parents=[common],
+                               help="write trials MLflow is missing from the ledger")
+    sync.add_argument("name", help="study name")
+    sync.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    sync.add_argument("--mlflow", metavar="URI", default=DEFAULT_TRACKING_URI,
+                      help=f"default {DEFAULT_TRACKING_URI}")
+    sync.set_defaults(handler=_cmd_sync)
+
+    ui = commands.add_parser("ui", parents=[common], help="serve the MLflow UI for the studies")
+    ui.add_argument("--mlflow", metavar="URI", default=DEFAULT_TRACKING_URI,
+                    help=f"backend store, default {DEFAULT_TRACKING_URI}")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_cmd_ui)
 
     validate = commands.add_parser("validate", parents=[common],
                                    help="check a study file and its data; writes nothing")

@@ -23,6 +23,7 @@ def tiny_study(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "train": {"epochs": 3, "batch_size": 128, "learning_rate": 0.01},
         "search": {"n_trials": 4, "pruner": "none"},
         "storage": f"sqlite:///{tmp_path / 'study.db'}",
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }
     for dotted, value in overrides.items():
         node = raw

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from regsearch.errors import StorageError
@@ -23,6 +25,10 @@ from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
 
 SCHEMA_VERSION = 1
 RUNNING = "running"
+# MySQL/MariaDB DATETIME drops fractions of a second unless asked for 6 digits.
+Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_RESULT_FIELDS = ("value", "reason", "finished", "best_epoch", "train_loss", "val_loss",
+                  "penalty", "near_zero_share", "test_metric", "seconds", "mlflow_run_id")
 
 
 def _now() -> datetime:
@@ -50,7 +56,7 @@ class StudyRow(Base):
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     spec_hash: Mapped[str] = mapped_column(sa.String(64))
     spec: Mapped[str] = mapped_column(sa.Text)
-    created: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+    created: Mapped[datetime] = mapped_column(Timestamp, default=_now)
     data_description: Mapped[str] = mapped_column(sa.Text)
     metric: Mapped[str] = mapped_column(sa.String(32))
     direction: Mapped[str] = mapped_column(sa.String(8))
@@ -82,8 +88,8 @@ class TrialRow(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(sa.String(64))
     mlflow_synced: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None] = mapped_column(sa.Text)
-    started: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
-    finished: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    started: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    finished: Mapped[datetime | None] = mapped_column(Timestamp)
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epochs: Mapped[list[EpochRow]] = relationship(order_by="EpochRow.epoch",
                                                   cascade="all, delete-orphan")
@@ -120,9 +126,11 @@ class TrialRecord:
     @classmethod
     def from_outcome(cls, study: str, number: int, config: RegConfig,
                      outcome: TrialOutcome) -> TrialRecord:
+        summary = {k: _finite(v) if isinstance(v, float) else v
+                   for k, v in outcome.summary().items()}
         return cls(study=study, number=number, state=outcome.state, config=config,
                    value=_finite(outcome.value), reason=outcome.reason,
-                   summary=outcome.summary(), epochs=tuple(outcome.history))
+                   summary=summary, epochs=tuple(outcome.history))
 
 
 class Ledger:
@@ -131,12 +139,22 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = sa.create_engine(url, **engine_kwargs(url))
-        try:
-            Base.metadata.create_all(self.engine)
-            self._check_version()
-        except sa.exc.OperationalError as exc:
-            raise StorageError(f"cannot open the ledger at {mask_url(url)}: "
-                               f"{str(exc.orig).splitlines()[0]}") from None
+        self._create_schema()
+
+    def _create_schema(self, attempts: int = 5) -> None:
+        """Create tables and the version row; tolerate other processes doing it at once."""
+        for attempt in range(attempts):
+            try:
+                Base.metadata.create_all(self.engine)
+                self._check_version()
+                return
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
+                # Concurrent CREATE TABLE / INSERT of the version row: the other process
+                # won; look again. A server that is down fails every attempt.
+                if attempt == attempts - 1:
+                    raise StorageError(f"cannot open the ledger at {mask_url(self.url)}: "
+                                       f"{str(exc.orig).splitlines()[0]}") from None
+                time.sleep(0.2 * (attempt + 1))
 
     def _check_version(self) -> None:
         with Session(self.engine) as session, session.begin():
@@ -153,12 +171,15 @@ class Ledger:
 
     def open_study(self, *, name: str, spec_hash: str, spec: dict[str, Any], description: str,
                    metric: str, direction: str) -> None:
-        with Session(self.engine) as session, session.begin():
-            if session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name)) is None:
-                session.add(StudyRow(name=name, spec_hash=spec_hash,
-                                     spec=json.dumps(spec, sort_keys=True, default=str),
-                                     data_description=description, metric=metric,
-                                     direction=direction))
+        try:
+            with Session(self.engine) as session, session.begin():
+                if session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name)) is None:
+                    session.add(StudyRow(name=name, spec_hash=spec_hash,
+                                         spec=json.dumps(spec, sort_keys=True, default=str),
+                                         data_description=description, metric=metric,
+                                         direction=direction))
+        except sa.exc.IntegrityError:
+            pass  # another worker inserted the same study first
 
     def trial_started(self, study: str, number: int, config: RegConfig) -> None:
         with Session(self.engine) as session, session.begin():
@@ -169,6 +190,10 @@ class Ledger:
             row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
             row.regularizer, row.l1, row.l2, row.dropout = (
                 config.regularizer, config.l1, config.l2, config.dropout)
+            # A re-run trial starts clean: nothing of an earlier attempt may look current.
+            for name in _RESULT_FIELDS:
+                setattr(row, name, None)
+            row.epochs_run, row.mlflow_synced = 0, False
             row.epochs.clear()
 
     def trial_ended(self, study: str, number: int, outcome: TrialOutcome) -> None:
@@ -200,6 +225,11 @@ class Ledger:
                 row.mlflow_synced = synced
 
     # ------------------------------------------------------------------ reading
+
+    def is_synced(self, study: str, number: int) -> bool:
+        with Session(self.engine) as session:
+            row = self._trial(session, study, number)
+            return bool(row is not None and row.mlflow_synced)
 
     def study_names(self) -> list[str]:
         with Session(self.engine) as session:

@@ -22,6 +22,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
+import logging  # noqa: E402
+
 import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
@@ -35,6 +37,9 @@ ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsear
                                    "regsearch.state", "regsearch.complete")
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
+
+for _noisy in ("mlflow", "alembic"):  # their INFO lines would drown the progress display
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -113,18 +118,21 @@ class MlflowWriter:
         self._log(run_id, tags={DONE: "true"})
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
-                    metric: str) -> str:
-        """Rebuild one trial's run from the ledger, replacing any partial run; idempotent."""
+                    metric: str) -> tuple[str, bool]:
+        """Rebuild one trial's run from the ledger, replacing any partial run; idempotent.
+
+        Returns the run id and whether a run was written (False: a complete one was there).
+        """
         existing = self._find(experiment_id, f"tags.`{TRIAL}` = '{record.number}'")
         complete = [r for r in existing if r.data.tags.get(DONE) == "true"]
         if complete:
-            return complete[0].info.run_id
+            return complete[0].info.run_id, False
         for partial in existing:
             self.client.delete_run(partial.info.run_id)
         run_id = self.start_trial(experiment_id, parent_id, record.study, record.number,
                                   record.config)
         self.finish_trial(run_id, record, metric)
-        return run_id
+        return run_id, True
 
     def set_best(self, parent_id: str, record: TrialRecord, metric: str) -> None:
         config = record.config
@@ -265,3 +273,46 @@ class MlflowRecorder:
         print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} failed ({problem}); "
               f"training continues and the ledger keeps every trial; run `regsearch sync "
               f"{self.study}` once MLflow is back", file=self.stream, flush=True)
+
+
+def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int]:
+    """Write into MLflow every finished trial the ledger has and MLflow lacks.
+
+    Returns (runs written, runs already there). Runs are matched by their trial tag, so
+    running it twice, or after a partial live write, never duplicates a trial.
+    """
+    from regsearch.errors import RegsearchError
+
+    ledger = Ledger(storage_url)
+    study = ledger.study(name)
+    if study is None:
+        there = ", ".join(ledger.study_names()) or "none"
+        raise RegsearchError(f"no study named {name!r} in the ledger at "
+                             f"{mask_url(storage_url)} (studies there: {there})")
+    try:
+        writer = MlflowWriter(tracking_uri)
+        experiment_id = writer.experiment(name)
+        parent_id = writer.parent_run(experiment_id, study, storage_url)
+    except Exception as exc:
+        raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} is not reachable "
+                             f"({type(exc).__name__}); start it and run sync again") from None
+    written = kept = 0
+    sign = 1.0 if study["direction"] == "maximize" else -1.0
+    best: TrialRecord | None = None
+    for record in ledger.records(name):
+        if record.state == "complete" and record.value is not None and (
+                best is None or sign * (record.value - best.value) > 0):
+            best = record
+        if record.state == "running":
+            continue
+        if ledger.is_synced(name, record.number):
+            kept += 1
+            continue
+        run_id, created = writer.write_trial(experiment_id, parent_id, record, study["metric"])
+        ledger.set_mlflow(name, record.number, run_id, synced=True)
+        written, kept = written + created, kept + (not created)
+    if best is not None:
+        writer.set_best(parent_id, best, study["metric"])
+    writer.end_parent(parent_id)
+    return written, kept
+

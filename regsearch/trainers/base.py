@@ -111,9 +111,12 @@ class StopRules:
 
     def outcome(self, seconds: float) -> TrialOutcome:
         state = self.state or COMPLETE
+        # As in Optuna: a pruned trial's value is the one it was pruned at.
+        value = {COMPLETE: self.best_value, FAILED: None}.get(
+            state, self.history[-1].val_metric if self.history else None)
         return TrialOutcome(
             state=state,
-            value=self.best_value if state != FAILED else None,
+            value=value,
             best_epoch=self.best_epoch,
             history=list(self.history),
             reason=self.reason,
