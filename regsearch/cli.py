@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from regsearch.errors import RegsearchError
+from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BUG = 2, 130, 1
 
@@ -55,8 +56,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on the local store; `mlflow server` itself, so nothing is re-implemented."""
-    import subprocess
+    """The MLflow UI on the local store: this process becomes `mlflow server`.
+
+    Exec rather than a child process, so that a stop signal reaches the server itself.
+    """
+    import os
 
     from regsearch.recorders.mlflow import artifact_root
 
@@ -65,26 +69,33 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     root = artifact_root(args.mlflow)
     if root:
         command += ["--default-artifact-root", root]
-    print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
-    return subprocess.call(command)
+    print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
+    # One local viewer needs neither several workers nor MLflow's job runner; both slow start-up.
+    os.environ.setdefault("MLFLOW_WORKERS", "1")
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execv(sys.executable, command)
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from regsearch import report
 
-    study = report.load_study(args.name, args.storage)
+    study = report.load_study(args.name, args.storage)  # read-only: never creates a database
     print(report.render(report.summarize(study, top=args.top), args.format))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from regsearch.report import FORMATS
-    from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
+FORMATS = ("table", "json", "yaml")
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser = argparse.ArgumentParser(prog="regsearch", parents=[common],
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regsearch",
                                      description="Search Keras regularization with Optuna.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    # Accepted after the subcommand too; SUPPRESS keeps it from resetting one given before.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common], help="run (or continue) a study")

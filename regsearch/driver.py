@@ -15,14 +15,13 @@ from typing import Any, Iterable, Protocol, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from regsearch import space
+from regsearch import interrupts, space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import SpecError, StudyMismatchError
 from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
-from regsearch.recorders.mlflow import MlflowRecorder
 from regsearch.storage import is_sqlite, open_storage
 from regsearch.trainers.base import COMPLETE, FAILED, PRUNED, EpochMetrics, TrialOutcome
 
@@ -102,6 +101,8 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
         fail_abandoned(run, [t.number for t in run.running_trials()])
     run.recorders = [LedgerRecorder(ledger)]
     if mlflow or spec.mlflow.enabled:
+        from regsearch.recorders.mlflow import MlflowRecorder  # ~1 s to import; only when used
+
         run.recorders.append(MlflowRecorder(mlflow or spec.mlflow.tracking_uri, ledger))
     return run
 
@@ -129,8 +130,10 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -
         listener.study_opened(run)
     deadline = time.monotonic() + run.timeout if run.timeout else float("inf")
     try:
-        while run.done < run.budget and time.monotonic() < deadline:
-            _run_trial(run, trainer, listeners)
+        with interrupts.deferred_sigint():
+            while run.done < run.budget and time.monotonic() < deadline:
+                interrupts.check()
+                _run_trial(run, trainer, listeners)
     finally:
         for recorder in run.recorders:
             getattr(recorder, "close", lambda: None)()
@@ -138,9 +141,6 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -
 
 def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> None:
     trial = run.study.ask()
-    config = space.suggest(trial, run.spec.space)
-    for listener in listeners:
-        listener.trial_started(trial.number, config)
 
     def prune(metrics: EpochMetrics) -> bool:
         trial.report(metrics.val_metric, metrics.epoch)
@@ -148,7 +148,11 @@ def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> No
             listener.epoch_ended(trial.number, metrics)
         return trial.should_prune()
 
-    try:
+    config: RegConfig | None = None
+    try:  # from the moment the trial exists, any exit must leave it told
+        config = space.suggest(trial, run.spec.space)
+        for listener in listeners:
+            listener.trial_started(trial.number, config)
         outcome = trainer.train(config, seed=trial_seed(run.spec.seed, trial.number), prune=prune)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -156,7 +160,7 @@ def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> No
             trial.set_user_attr(UNCOUNTED, True)
         outcome = TrialOutcome(state=FAILED,
                                reason=INTERRUPTED if interrupted else f"error: {exc!r}")
-        _tell(run.study, trial, outcome, listeners, config)
+        _tell(run.study, trial, outcome, listeners if config else [], config)
         raise
     _tell(run.study, trial, outcome, listeners, config)
 

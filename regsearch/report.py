@@ -15,12 +15,9 @@ from regsearch.errors import RegsearchError
 from regsearch.space import RegConfig, from_params
 from regsearch.storage import mask_url, open_storage
 
-FORMATS = ("table", "json", "yaml")
-
-
 def load_study(name: str, storage_url: str) -> optuna.Study:
     """An existing study by name; a missing one is an error listing what is there."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, must_exist=True)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(
         storage, include_best_trial=False))
     if name not in names:

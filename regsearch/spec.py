@@ -205,8 +205,13 @@ class StudySpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data for the records, URLs with their passwords masked."""
+        from regsearch.storage import mask_url
+
         out = asdict(self)
         out.pop("source")
+        out["storage"] = mask_url(out["storage"])
+        out["mlflow"]["tracking_uri"] = mask_url(out["mlflow"]["tracking_uri"])
         return out
 
 

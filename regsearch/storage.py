@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy
@@ -15,22 +15,26 @@ _DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mys
                   "MySQLdb": "mysql"}
 
 
+_PASSWORD_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+
+
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by ***, safe to print and to record."""
+    """`url` (or any text holding URLs, such as an error) with each password as ***."""
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return _PASSWORD_IN_URL.sub(r"\1***\3", url)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at `url`; a SQLite file's folder is created if needed."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        _make_folder(Path(parsed.database), url)
+def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at `url`; a SQLite file's folder is created if needed.
+
+    With `must_exist` (read-only commands) a missing SQLite file is an error, not a new file.
+    """
+    database = _sqlite_file(url)
+    if database is not None:
+        if must_exist:
+            require_existing(url)
+        _make_folder(database, url)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     except ModuleNotFoundError as exc:
@@ -40,6 +44,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {_first_line(exc)}; check that "
                            "the database server is running and the URL is right") from None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def require_existing(url: str) -> None:
+    """Read-only commands must not leave an empty SQLite file behind a typo."""
+    database = _sqlite_file(url)
+    if database is not None and not database.is_file():
+        raise StorageError(f"no study database at {database}; run a study first, or pass "
+                           "--storage with the URL it was run with")
 
 
 def is_sqlite(url: str) -> bool:

@@ -156,12 +156,17 @@ def utc(moment: datetime | str) -> datetime:
 
 
 def canonical(record: TrialRecord) -> TrialRecord:
-    """NaN and inf -> None in the epochs (the ledger keeps neither), so records compare."""
+    """NaN and inf -> None in the epochs (the ledger keeps neither), so records compare.
+
+    Start and finish times are compared by the tests that are about them, not here: a
+    live record stamps "now", the ledger stamps the moment the row was written.
+    """
     def clean(m: EpochMetrics) -> EpochMetrics:
         return dataclasses.replace(m, **{f.name: None for f in dataclasses.fields(m)
                                          if isinstance(getattr(m, f.name), float)
                                          and not math.isfinite(getattr(m, f.name))})
-    return dataclasses.replace(record, epochs=tuple(clean(m) for m in record.epochs))
+    return dataclasses.replace(record, epochs=tuple(clean(m) for m in record.epochs),
+                               started=None, finished=None)
 
 
 def open_study(ledger: Ledger, name: str = STUDY) -> None:

@@ -461,8 +461,6 @@ def test_best_tags_follow_the_optuna_best_trial(recorded: Recorded) -> None:
     assert "best_rmse" not in boom["metrics"]
 
 
-@pytest.mark.xfail(strict=True, reason="sync trusts the ledger's mlflow_synced flag instead of "
-                   "MLflow, so it cannot rebuild a lost or new MLflow store")
 def test_sync_rebuilds_mlflow_into_an_empty_store(recorded: Recorded, tmp_path: Path) -> None:
     shutil.copy(recorded.folder / "study.db", tmp_path / "study.db")
     storage, fresh = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "fresh.db")
@@ -473,6 +471,31 @@ def test_sync_rebuilds_mlflow_into_an_empty_store(recorded: Recorded, tmp_path: 
         show(proc)
     view = read_mlflow(tmp_path, fresh, "hb")["hb"]
     assert sorted(by_trial(children(view))) == [t.number for t in recorded.trials["hb"]]
+
+
+def test_sync_failing_midway_is_one_masked_user_error(recorded: Recorded, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from regsearch import cli
+    from regsearch.recorders.ledger import Ledger
+    from regsearch.recorders.mlflow import MlflowWriter
+
+    shutil.copy(recorded.folder / "study.db", tmp_path / "study.db")
+    storage = sqlite_url(tmp_path / "study.db")
+    Ledger(storage).set_mlflow("hb", 3, None, synced=False)  # one trial MLflow lacks
+
+    def server_gone(*args: Any, **kwargs: Any) -> Any:  # what an HTTP store raises
+        raise MlflowException(f"API request to http://alice:{SECRET}@127.0.0.1:5000/api/2.0/"
+                              "mlflow/runs/create failed with exception ConnectionError")
+    monkeypatch.setattr(MlflowWriter, "write_trial", server_gone)
+    code = cli.main(["sync", "hb", "--storage", storage,
+                     "--mlflow", sqlite_url(tmp_path / "ml.db")])
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert code == 2, (code, err)
+    assert len(err.splitlines()) == 1 and err.startswith("regsearch: error: "), err
 
 
 # =========================================================================== 2. outage
@@ -574,8 +597,6 @@ def test_sync_backfills_every_trial_once_and_is_idempotent(outage: Outage) -> No
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason="MlflowRecorder._work puts the raw exception text, "
-                   "which holds the unmasked tracking URI, into the warning")
 def test_outage_warning_masks_the_password(outage: Outage) -> None:
     warning = next(line for _, line in outage.run.lines if line.startswith(WARNING))
     assert "alice:***@" in warning
@@ -583,9 +604,6 @@ def test_outage_warning_masks_the_password(outage: Outage) -> None:
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason="MlflowClient.set_terminated prints '🏃 View run ... at "
-                   "<tracking URI>' to stdout for HTTP stores (password included); regsearch "
-                   "does not set MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
 def test_mlflow_prints_nothing_on_stdout(outage: Outage) -> None:
     for sync in outage.syncs:
         assert sync.stdout.splitlines() == [
@@ -735,9 +753,6 @@ def parent_run(tracking_uri: str, study: str) -> Any:
     return found[0]
 
 
-@pytest.mark.xfail(strict=True, reason="MlflowWriter.parent_run records the spec's URLs "
-                   "unmasked: param mlflow.tracking_uri and spec.yaml (storage, "
-                   "mlflow.tracking_uri)")
 def test_passwords_in_the_study_file_never_reach_mlflow(make_spec, tmp_path: Path) -> None:
     import mlflow
 
@@ -757,8 +772,6 @@ def test_passwords_in_the_study_file_never_reach_mlflow(make_spec, tmp_path: Pat
 
 # =========================================================================== 5. resuming
 
-@pytest.mark.xfail(strict=True, reason="MlflowRecorder.best starts at None in every process, "
-                   "so a resumed study's first complete trial overwrites the parent's best")
 def test_resumed_study_keeps_the_best_of_earlier_runs(make_spec) -> None:
     spec = make_spec()
     run_in_process(spec, ScriptedTrainer(0.9), n_trials=1)

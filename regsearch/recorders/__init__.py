@@ -26,4 +26,4 @@ class LedgerRecorder:
         pass  # written with the trial, in one transaction
 
     def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
-        self.ledger.trial_ended(self.study, number, outcome)
+        self.ledger.trial_ended(self.study, number, outcome, config=config)

@@ -11,7 +11,7 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import sqlalchemy as sa
@@ -122,15 +122,19 @@ class TrialRecord:
     summary: dict[str, float | int | None] = field(default_factory=dict)
     epochs: tuple[EpochMetrics, ...] = ()
     mlflow_run_id: str | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
 
     @classmethod
     def from_outcome(cls, study: str, number: int, config: RegConfig,
                      outcome: TrialOutcome) -> TrialRecord:
         summary = {k: _finite(v) if isinstance(v, float) else v
                    for k, v in outcome.summary().items()}
+        finished = _now()
         return cls(study=study, number=number, state=outcome.state, config=config,
                    value=_finite(outcome.value), reason=outcome.reason,
-                   summary=summary, epochs=tuple(outcome.history))
+                   summary=summary, epochs=tuple(outcome.history),
+                   started=finished - timedelta(seconds=outcome.seconds), finished=finished)
 
 
 class Ledger:
@@ -183,23 +187,35 @@ class Ledger:
 
     def trial_started(self, study: str, number: int, config: RegConfig) -> None:
         with Session(self.engine) as session, session.begin():
-            row = self._trial(session, study, number)
-            if row is None:
-                row = TrialRow(study_id=self._study_id(session, study), number=number)
-                session.add(row)
-            row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
-            row.regularizer, row.l1, row.l2, row.dropout = (
-                config.regularizer, config.l1, config.l2, config.dropout)
-            # A re-run trial starts clean: nothing of an earlier attempt may look current.
-            for name in _RESULT_FIELDS:
-                setattr(row, name, None)
-            row.epochs_run, row.mlflow_synced = 0, False
-            row.epochs.clear()
+            self._start_row(session, study, number, config)
 
-    def trial_ended(self, study: str, number: int, outcome: TrialOutcome) -> None:
-        """One transaction for the trial row and all of its epochs."""
+    def _start_row(self, session: Session, study: str, number: int,
+                   config: RegConfig) -> TrialRow:
+        row = self._trial(session, study, number)
+        if row is None:
+            row = TrialRow(study_id=self._study_id(session, study), number=number)
+            session.add(row)
+        row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
+        row.regularizer, row.l1, row.l2, row.dropout = (
+            config.regularizer, config.l1, config.l2, config.dropout)
+        # A re-run trial starts clean: nothing of an earlier attempt may look current.
+        for name in _RESULT_FIELDS:
+            setattr(row, name, None)
+        row.epochs_run, row.mlflow_synced = 0, False
+        row.epochs.clear()
+        return row
+
+    def trial_ended(self, study: str, number: int, outcome: TrialOutcome, *,
+                    config: RegConfig | None = None) -> None:
+        """One transaction for the trial row and all of its epochs.
+
+        With `config`, the row is created if its start was never written (Ctrl-C between
+        the two).
+        """
         with Session(self.engine) as session, session.begin():
             row = self._trial(session, study, number)
+            if row is None and config is not None:
+                row = self._start_row(session, study, number, config)
             row.state, row.reason, row.finished = outcome.state, outcome.reason, _now()
             row.value = _finite(outcome.value)
             for key, value in outcome.summary().items():
@@ -269,7 +285,15 @@ def _record(study: str, row: TrialRow) -> TrialRecord:
     summary = {key: getattr(row, key) for key in SUMMARY_FIELDS}
     return TrialRecord(study=study, number=row.number, state=row.state, config=row.config,
                        value=row.value, reason=row.reason, summary=summary, epochs=epochs,
-                       mlflow_run_id=row.mlflow_run_id)
+                       mlflow_run_id=row.mlflow_run_id, started=_utc(row.started),
+                       finished=_utc(row.finished))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite and MySQL hand back naive datetimes; the ledger writes UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
 
 
 def _nan(value: float | None) -> float:

@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
@@ -21,6 +22,8 @@ from typing import Any, Callable, Iterable, TextIO
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+# MLflow prints a "View run ... at: URL" line per run, password included, into our report.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import logging  # noqa: E402
 
@@ -95,8 +98,10 @@ class MlflowWriter:
         return run.info.run_id
 
     def start_trial(self, experiment_id: str, parent_id: str, study: str, number: int,
-                    config: RegConfig) -> str:
-        run = self.client.create_run(experiment_id, run_name=f"trial-{number:04d}", tags={
+                    config: RegConfig, started: datetime | None = None) -> str:
+        """`started` is when the trial began, not when this (possibly late) write happens."""
+        run = self.client.create_run(experiment_id, start_time=_ms(started),
+                                     run_name=f"trial-{number:04d}", tags={
             "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study, TRIAL: str(number),
             STATE: "running"})
         self._log(run.info.run_id, params={k: str(v) for k, v in config.as_dict().items()})
@@ -104,7 +109,7 @@ class MlflowWriter:
 
     def finish_trial(self, run_id: str, record: TrialRecord, metric: str) -> None:
         """All epochs and the outcome in batches, then the completion tag last."""
-        stamp = int(time.time() * 1000)
+        stamp = _ms(record.finished) or int(time.time() * 1000)
         metrics = [Metric(key, value, stamp, m.epoch) for m in record.epochs for key, value in (
             ("train_loss", m.train_loss), ("val_loss", m.val_loss), (f"val_{metric}", m.val_metric),
             ("penalty", m.penalty))]
@@ -114,7 +119,8 @@ class MlflowWriter:
             metrics.append(Metric("value", record.value, stamp, 0))
         tags = {STATE: record.state, "regsearch.reason": record.reason or ""}
         self._log(run_id, metrics=metrics, tags=tags)
-        self.client.set_terminated(run_id, _STATUS.get(record.state, "FAILED"))
+        self.client.set_terminated(run_id, _STATUS.get(record.state, "FAILED"),
+                                   end_time=_ms(record.finished))
         self._log(run_id, tags={DONE: "true"})
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
@@ -130,7 +136,7 @@ class MlflowWriter:
         for partial in existing:
             self.client.delete_run(partial.info.run_id)
         run_id = self.start_trial(experiment_id, parent_id, record.study, record.number,
-                                  record.config)
+                                  record.config, record.started)
         self.finish_trial(run_id, record, metric)
         return run_id, True
 
@@ -179,6 +185,16 @@ class MlflowWriter:
             metrics, param_list, tag_list = metrics[_BATCH:], param_list[100:], tag_list[100:]
 
 
+def _problem(exc: BaseException) -> str:
+    """One line about an MLflow failure, safe to print (its URLs carry passwords)."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return mask_url(f"{type(exc).__name__}: {text}")
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return int(moment.timestamp() * 1000) if moment is not None else None
+
+
 def _subdir(root: str | None, name: str) -> str | None:
     return f"{root}/{name}" if root else None
 
@@ -208,6 +224,10 @@ class MlflowRecorder:
         self.direction = info["direction"]
         alive = {t.number for t in run.running_trials()}
         storage = run.storage_url
+        try:  # a resumed study must not let a worse trial become "best" in the parent
+            self.best = run.study.best_value
+        except ValueError:
+            self.best = None
 
         def open_study() -> None:
             self.writer = MlflowWriter(self.tracking_uri)
@@ -217,9 +237,11 @@ class MlflowRecorder:
         self._submit(open_study)
 
     def trial_started(self, number: int, config: RegConfig) -> None:
+        started = datetime.now(timezone.utc)
+
         def start() -> None:
             run_id = self.writer.start_trial(self.experiment_id, self.parent_id, self.study,
-                                             number, config)
+                                             number, config, started)
             self.run_ids[number] = run_id
             self.ledger.set_mlflow(self.study, number, run_id, synced=False)
         self._submit(start)
@@ -231,7 +253,8 @@ class MlflowRecorder:
         record = TrialRecord.from_outcome(self.study, number, config, outcome)
 
         def finish() -> None:
-            run_id = self.run_ids.pop(number)
+            run_id = self.run_ids.pop(number, None) or self.writer.start_trial(
+                self.experiment_id, self.parent_id, self.study, number, config, record.started)
             self.writer.finish_trial(run_id, record, self.metric)
             self.ledger.set_mlflow(self.study, number, run_id, synced=True)
             if record.value is not None and record.state == "complete" and self._better(record):
@@ -266,7 +289,7 @@ class MlflowRecorder:
             try:
                 task()
             except Exception as exc:  # any MLflow failure: warn once, keep training
-                self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self.failed = _problem(exc)
                 self._warn(self.failed)
 
     def _warn(self, problem: str) -> None:
@@ -282,7 +305,9 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
     running it twice, or after a partial live write, never duplicates a trial.
     """
     from regsearch.errors import RegsearchError
+    from regsearch.storage import require_existing
 
+    require_existing(storage_url)
     ledger = Ledger(storage_url)
     study = ledger.study(name)
     if study is None:
@@ -295,20 +320,23 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
         parent_id = writer.parent_run(experiment_id, study, storage_url)
     except Exception as exc:
         raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} is not reachable "
-                             f"({type(exc).__name__}); start it and run sync again") from None
+                             f"({_problem(exc)}); start it and run sync again") from None
     written = kept = 0
     sign = 1.0 if study["direction"] == "maximize" else -1.0
     best: TrialRecord | None = None
-    for record in ledger.records(name):
+    # Every finished trial is checked against MLflow itself (by its trial tag), not the
+    # ledger's flag: the store may be new or may have lost runs.
+    for record in (r for r in ledger.records(name) if r.state != "running"):
         if record.state == "complete" and record.value is not None and (
                 best is None or sign * (record.value - best.value) > 0):
             best = record
-        if record.state == "running":
-            continue
-        if ledger.is_synced(name, record.number):
-            kept += 1
-            continue
-        run_id, created = writer.write_trial(experiment_id, parent_id, record, study["metric"])
+        try:
+            run_id, created = writer.write_trial(experiment_id, parent_id, record,
+                                                 study["metric"])
+        except Exception as exc:
+            raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} failed while writing "
+                                 f"trial {record.number} ({_problem(exc)}); {written} runs "
+                                 "were written; run sync again") from None
         ledger.set_mlflow(name, record.number, run_id, synced=True)
         written, kept = written + created, kept + (not created)
     if best is not None:

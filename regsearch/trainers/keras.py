@@ -8,7 +8,7 @@ import time
 import keras
 import numpy as np
 
-from regsearch import metrics
+from regsearch import interrupts, metrics
 from regsearch.data import Dataset
 from regsearch.model import DATA_LOSS, build_model
 from regsearch.space import RegConfig
@@ -114,6 +114,9 @@ class _EpochWatcher(keras.callbacks.Callback):
         super().__init__()
         self.trainer, self.rules, self.prune = trainer, rules, prune
         self.best_weights: list[np.ndarray] | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.check()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         data = self.trainer.data
