@@ -23,7 +23,8 @@ from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
 from regsearch.storage import is_sqlite, open_storage
-from regsearch.trainers.base import COMPLETE, FAILED, PRUNED, EpochMetrics, TrialOutcome
+from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
+                                     TrialOutcome)
 
 SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
 INTERRUPTED = "interrupted by the user"
@@ -121,7 +122,9 @@ def fail_abandoned(run: StudyRun, numbers: list[int]) -> None:
 def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -> None:
     """Run trials until the study's budget or the timeout is spent.
 
-    On Ctrl-C the running trial is told FAIL ("interrupted by the user") so it does not
+    A packed trainer (one with `run_epoch`) trains many trials at once and each finished
+    slot is refilled with a new trial; any other trainer runs one trial at a time.
+    On Ctrl-C every running trial is told FAIL ("interrupted by the user") so it does not
     spend budget, and KeyboardInterrupt propagates; a later run picks up from there.
     Recorders come first so the ledger holds a trial before anything else reports it.
     """
@@ -129,40 +132,84 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = ()) -
     for listener in listeners:
         listener.study_opened(run)
     deadline = time.monotonic() + run.timeout if run.timeout else float("inf")
+    loop = _run_packed if hasattr(trainer, "run_epoch") else _run_one_by_one
     try:
         with interrupts.deferred_sigint():
-            while run.done < run.budget and time.monotonic() < deadline:
-                interrupts.check()
-                _run_trial(run, trainer, listeners)
+            loop(run, trainer, listeners, deadline)
     finally:
         for recorder in run.recorders:
             getattr(recorder, "close", lambda: None)()
 
 
-def _run_trial(run: StudyRun, trainer: Any, listeners: Sequence[Listener]) -> None:
+def _run_one_by_one(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
+                    deadline: float) -> None:
+    while run.done < run.budget and time.monotonic() < deadline:
+        interrupts.check()
+        trial, config, prune = _begin(run, listeners)
+        try:
+            outcome = trainer.train(config, seed=trial_seed(run.spec.seed, trial.number),
+                                    prune=prune)
+        except BaseException as exc:
+            _abort(run, [(trial, config)], exc, listeners)
+            raise
+        _tell(run.study, trial, outcome, listeners, config)
+
+
+def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
+                deadline: float) -> None:
+    """Keep every slot busy: ask a trial for each free slot, train an epoch, tell results."""
+    active: dict[int, tuple[optuna.Trial, RegConfig]] = {}
+    try:
+        while True:
+            interrupts.check()
+            room = run.budget - run.done - len(active)
+            for _ in range(min(room, len(trainer.free_slots()))):
+                if time.monotonic() >= deadline:
+                    break
+                trial, config, prune = _begin(run, listeners)
+                active[trainer.assign(config, seed=trial_seed(run.spec.seed, trial.number),
+                                      prune=prune)] = (trial, config)
+            if not active:
+                return
+            for slot, outcome in trainer.run_epoch().items():
+                trial, config = active.pop(slot)
+                _tell(run.study, trial, outcome, listeners, config)
+    except BaseException as exc:
+        _abort(run, list(active.values()), exc, listeners)
+        raise
+
+
+def _begin(run: StudyRun, listeners: Sequence[Listener]
+           ) -> tuple[optuna.Trial, RegConfig, PruneCheck]:
+    """Ask for a trial and its config; from the moment it exists, any exit tells it."""
     trial = run.study.ask()
+    config: RegConfig | None = None
+    try:
+        config = space.suggest(trial, run.spec.space)
+        for listener in listeners:
+            listener.trial_started(trial.number, config)
+    except BaseException as exc:
+        _abort(run, [(trial, config)], exc, listeners)
+        raise
 
     def prune(metrics: EpochMetrics) -> bool:
         trial.report(metrics.val_metric, metrics.epoch)
         for listener in listeners:
             listener.epoch_ended(trial.number, metrics)
         return trial.should_prune()
+    return trial, config, prune
 
-    config: RegConfig | None = None
-    try:  # from the moment the trial exists, any exit must leave it told
-        config = space.suggest(trial, run.spec.space)
-        for listener in listeners:
-            listener.trial_started(trial.number, config)
-        outcome = trainer.train(config, seed=trial_seed(run.spec.seed, trial.number), prune=prune)
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
+
+def _abort(run: StudyRun, running: list[tuple[optuna.Trial, RegConfig | None]],
+           exc: BaseException, listeners: Sequence[Listener]) -> None:
+    """Tell every running trial FAIL; an interrupted one does not spend budget."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    reason = INTERRUPTED if interrupted else f"error: {exc!r}"
+    for trial, config in running:
         if interrupted:
             trial.set_user_attr(UNCOUNTED, True)
-        outcome = TrialOutcome(state=FAILED,
-                               reason=INTERRUPTED if interrupted else f"error: {exc!r}")
-        _tell(run.study, trial, outcome, listeners if config else [], config)
-        raise
-    _tell(run.study, trial, outcome, listeners, config)
+        _tell(run.study, trial, TrialOutcome(state=FAILED, reason=reason),
+              listeners if config else [], config)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome,

@@ -26,7 +26,8 @@ ACTIVATIONS = ("relu", "gelu", "elu", "selu", "tanh", "sigmoid", "swish", "leaky
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SAMPLERS = ("tpe", "random", "grid", "gp")
 PRUNERS = ("median", "hyperband", "none")
-TRAINERS = ("keras",)
+TRAINERS = ("keras", "packed")
+PACKED_OPTIMIZERS = ("adam", "sgd")
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_STORAGE = "sqlite:///runs/regsearch.db"
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
@@ -157,6 +158,7 @@ class SearchSpec:
     n_trials: int | None = None
     timeout: float | None = None
     grid_size: int = 3
+    pack_size: int | None = None
 
     def budget(self, grid_points: int) -> int:
         """Trials to run: `n_trials`, else 20, else the whole grid for `sampler: grid`."""
@@ -511,6 +513,7 @@ def _parse_search(f: _Fields) -> SearchSpec:
         n_trials=f.get("n_trials", _integer(1, 10_000_000), None),
         timeout=timeout,
         grid_size=f.get("grid_size", _integer(1, 100), 3),
+        pack_size=f.get("pack_size", _integer(1, 4096), None),
     )
     return spec
 
@@ -535,12 +538,16 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) ->
                                              "learning_rate", "early_stopping"))),
         objective=_parse_objective(top.sub("objective", ("metric", "direction")), model.task),
         search=_parse_search(top.sub("search", ("sampler", "pruner", "n_trials", "timeout",
-                                                "grid_size"))),
+                                                "grid_size", "pack_size"))),
         storage=storage,
         mlflow=_parse_mlflow(top.sub("mlflow", ("tracking_uri", "enabled")), storage),
         trainer=top.get("trainer", _choice(TRAINERS), "keras"),
         source=source,
     )
+    if spec.trainer == "packed" and spec.train.optimizer not in PACKED_OPTIMIZERS:
+        raise SpecError(source, "train.optimizer",
+                        f"the packed trainer supports {', '.join(PACKED_OPTIMIZERS)}, got "
+                        f"{spec.train.optimizer!r}; use one of them or `trainer: keras`")
     return spec
 
 

@@ -579,7 +579,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
     ({"search.timeout": "1h"}, "search.timeout", "expected a number, got '1h'"),
     ({"search.grid_size": 0}, "search.grid_size", "must be an integer in [1, 100], got 0"),
     ({"search.trials": 10}, "search.trials",
-     "unknown key; allowed keys here are: grid_size, n_trials, pruner, sampler, timeout"),
+     "unknown key; allowed keys here are: grid_size, n_trials, pack_size, pruner, sampler, timeout"),
     ({"search": 10}, "search", MAPPING + ", got 10"),
 ]
 
@@ -768,3 +768,17 @@ def test_direction_contradicting_default_metric_is_an_error() -> None:
 def test_misspelled_key_is_reported_as_unknown_not_as_missing(
         tmp_path: Path, section: str, text: str, field: str) -> None:
     assert_spec_error(tmp_path, "name: demo\n" + text + "\n", field, "unknown key")
+
+
+def test_packed_trainer_names_the_optimizers_it_supports() -> None:
+    raw = with_fields({"trainer": "packed", "train.optimizer": "rmsprop"})
+    with pytest.raises(SpecError, match=r"train\.optimizer: the packed trainer supports adam, sgd"):
+        parse_spec(raw, source="p.yaml")
+    assert parse_spec(with_fields({"trainer": "packed", "search.pack_size": 8}),
+                      source="p.yaml").search.pack_size == 8
+
+
+def test_pack_size_does_not_change_the_study_identity() -> None:
+    small = parse_spec(with_fields({"trainer": "packed", "search.pack_size": 4}), source="a")
+    large = parse_spec(with_fields({"trainer": "packed", "search.pack_size": 64}), source="a")
+    assert small.spec_hash == large.spec_hash

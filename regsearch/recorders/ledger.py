@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from regsearch.errors import StorageError
 from regsearch.space import RegConfig
-from regsearch.storage import engine_kwargs, mask_url
+from regsearch.storage import engine_kwargs, mask_url, tune_sqlite
 from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
 
 SCHEMA_VERSION = 1
@@ -143,6 +143,7 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = sa.create_engine(url, **engine_kwargs(url))
+        tune_sqlite(self.engine)
         self._create_schema()
 
     def _create_schema(self, attempts: int = 5) -> None:

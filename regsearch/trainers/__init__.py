@@ -17,11 +17,26 @@ if TYPE_CHECKING:
 __all__ = ["EpochMetrics", "StopRules", "TrialOutcome", "make_trainer"]
 
 
+def adaptive_pack_cap(budget: int) -> int:
+    """At most a quarter of the budget per pack, so the search keeps learning.
+
+    Trials asked together are sampled without each other's results, and a pruner has no
+    finished trial to compare with until a pack ends: a pack as large as the budget would
+    turn TPE into random search and never prune (seen: 30 of 30 trials complete, none pruned).
+    """
+    return max(1, -(-budget // 4))
+
+
 def make_trainer(run: StudyRun):  # noqa: ANN201 - the trainer classes import keras
     """The trainer the study file names (`trainer:`), imported only when needed."""
-    if run.spec.trainer == "keras":
-        from regsearch.trainers.keras import KerasTrainer
+    objective = {"metric": run.objective.metric, "direction": run.objective.direction}
+    if run.spec.trainer == "packed":
+        from regsearch.trainers.packed import PackedTrainer, choose_pack_size
 
-        return KerasTrainer(run.spec, run.data, metric=run.objective.metric,
-                            direction=run.objective.direction)
-    raise ValueError(f"unknown trainer {run.spec.trainer!r}")
+        size = choose_pack_size(run.spec, run.data, run.spec.search.pack_size)
+        if run.spec.search.pack_size is None:
+            size = min(size, adaptive_pack_cap(run.budget))
+        return PackedTrainer(run.spec, run.data, pack_size=size, **objective)
+    from regsearch.trainers.keras import KerasTrainer
+
+    return KerasTrainer(run.spec, run.data, **objective)

@@ -1,0 +1,548 @@
+"""The packed trainer: K trials trained at once as one Keras model with a member axis.
+
+Every Dense weight carries a leading member axis (kernel ``(K, in, out)``, bias
+``(K, out)``). The input batch is shared by all members; per-member L1/L2 coefficients,
+dropout rates and an "active" mask are non-trainable variables of shape ``(K,)``, so the
+train step is traced once per architecture and reused for every pack of trials.
+
+The loss is the sum over members of each member's own loss (mean data loss over the
+batch plus its own L1/L2 penalty, as ``keras.regularizers`` compute it). Members share no
+parameter, so the gradient of member k is exactly the gradient its standalone model would
+get on the same batch; the optimizer keeps per-slot step counts so Adam's bias correction
+restarts when a slot is refilled. A member is exported as the standard model of
+`regsearch.model.build_model` with its weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from keras import ops
+
+from regsearch import interrupts, metrics
+from regsearch.data import Dataset
+from regsearch.model import OUTPUT_ACTIVATION
+from regsearch.space import RegConfig
+from regsearch.spec import StudySpec
+from regsearch.trainers.base import (FAILED, EpochMetrics, PruneCheck, StopRules,
+                                     TrialOutcome)
+from regsearch.trainers.keras import KerasTrainer, enable_determinism
+
+SUPPORTED_OPTIMIZERS = ("adam", "sgd")
+CPU_PACK_CAP = 64
+GPU_PACK_CAP = 256
+_PREDICT_CHUNK = 8192
+
+
+# --------------------------------------------------------------------------- layers
+
+class PackedDense(keras.layers.Layer):
+    """K independent Dense layers: (B, in) or (K, B, in) -> (K, B, units)."""
+
+    def __init__(self, members: int, units: int, activation: str | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.members, self.units = members, units
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape) -> None:
+        fan_in = int(input_shape[-1])
+        # Zeros here: each member's Glorot-uniform start is drawn by the trainer with the
+        # standalone layer's fan_in/fan_out (a (K, in, out) Glorot would shrink it by ~√K).
+        self.kernel = self.add_weight(shape=(self.members, fan_in, self.units),
+                                      initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(self.members, self.units),
+                                    initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        if len(inputs.shape) == 2:
+            out = ops.einsum("bi,kio->kbo", inputs, self.kernel)
+        else:
+            out = ops.matmul(inputs, self.kernel)
+        return self.activation(out + ops.expand_dims(self.bias, 1))
+
+
+class MemberDropout(keras.layers.Layer):
+    """Dropout with a per-member rate held in a (K,) variable (0 = identity)."""
+
+    def __init__(self, members: int, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.members = members
+        self.rate = self.add_weight(shape=(members,), initializer="zeros",
+                                    trainable=False, name="rate")
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        rate = ops.reshape(ops.cast(self.rate, inputs.dtype), (self.members, 1, 1))
+        noise = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator,
+                                     dtype=inputs.dtype)
+        return ops.where(ops.greater_equal(noise, rate), inputs / (1.0 - rate),
+                         ops.zeros_like(inputs))
+
+
+def member_sample_losses(task: str, y_true, logits):
+    """(K, B) per-sample data losses, computed as Keras computes them for the task.
+
+    The output activation goes through `keras.ops` so that, as for a standard model, the
+    TensorFlow backend takes the cross-entropy from the logits and JAX from the clipped
+    probabilities.
+    """
+    members, batch = logits.shape[0], ops.shape(logits)[1]
+    if task == "multiclass":
+        target = ops.broadcast_to(ops.expand_dims(ops.cast(y_true, "int32"), 0),
+                                  (members, batch))
+        return ops.sparse_categorical_crossentropy(target, ops.softmax(logits, axis=-1))
+    target = ops.reshape(ops.cast(y_true, logits.dtype), (1, batch, 1))
+    target = ops.broadcast_to(target, (members, batch, 1))
+    if task == "binary":
+        return ops.mean(ops.binary_crossentropy(target, ops.sigmoid(logits)), axis=-1)
+    return ops.mean(ops.square(target - logits), axis=-1)
+
+
+class MemberDataLoss(keras.metrics.Metric):
+    """Per-member mean data loss over the samples seen (training mode), shape (K,)."""
+
+    def __init__(self, members: int, task: str, name: str = "member_data_loss") -> None:
+        super().__init__(name=name)
+        self.task = task
+        self.total = self.add_variable(shape=(members,), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        losses = member_sample_losses(self.task, y_true, y_pred)
+        self.total.assign_add(ops.sum(losses, axis=1))
+        self.count.assign_add(ops.cast(ops.shape(losses)[1], self.count.dtype))
+
+    def result(self):
+        return self.total / self.count
+
+    def reset_state(self):
+        self.total.assign(ops.zeros(self.total.shape, self.total.dtype))
+        self.count.assign(ops.zeros(self.count.shape, self.count.dtype))
+
+
+class PackedNet(keras.Model):
+    """The fused model: returns logits (K, B, out); loss = Σ_k active members' losses."""
+
+    traces = 0  # training-mode traces, for tests (the call body runs only when traced)
+
+    def __init__(self, members: int, n_features: int, hidden_units: tuple[int, ...],
+                 output_units: int, activation: str, task: str, seed: int) -> None:
+        super().__init__(name="regsearch_packed")
+        self.members, self.task = members, task
+        self.hidden = [PackedDense(members, u, activation, name=f"dense_{i}")
+                       for i, u in enumerate(hidden_units, start=1)]
+        self.drops = [MemberDropout(members, seed=seed + i, name=f"dropout_{i}")
+                      for i in range(1, len(hidden_units) + 1)]
+        self.head = PackedDense(members, output_units, None, name="output")
+        self.l1 = self.add_weight(shape=(members,), initializer="zeros", trainable=False,
+                                  name="l1")
+        self.l2 = self.add_weight(shape=(members,), initializer="zeros", trainable=False,
+                                  name="l2")
+        self.active = self.add_weight(shape=(members,), initializer="zeros",
+                                      trainable=False, name="active")
+        width = n_features
+        for layer in self.hidden:
+            layer.build((None, width))
+            width = layer.units
+        self.head.build((None, width))
+        self.built = True
+
+    @property
+    def dense_layers(self) -> list[PackedDense]:
+        return [*self.hidden, self.head]
+
+    def call(self, inputs, training=False):
+        if training:
+            PackedNet.traces += 1
+        h = inputs
+        for dense, drop in zip(self.hidden, self.drops):
+            h = drop(dense(h), training=training)
+        return self.head(h)
+
+    def penalties(self):
+        """(K,) L1/L2 penalty of each member's hidden kernels, as keras.regularizers."""
+        l1 = ops.zeros((self.members,))
+        l2 = ops.zeros((self.members,))
+        for layer in self.hidden:
+            l1 = l1 + ops.sum(ops.absolute(layer.kernel), axis=(1, 2))
+            l2 = l2 + ops.sum(ops.square(layer.kernel), axis=(1, 2))
+        return self.l1 * l1 + self.l2 * l2
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        per_member = ops.mean(member_sample_losses(self.task, y, y_pred), axis=1)
+        per_member = per_member + self.penalties()
+        # where, not a product: a diverged member's NaN must not reach the others.
+        keep = ops.logical_and(ops.greater(self.active, 0.5), ops.isfinite(per_member))
+        return ops.sum(ops.where(keep, per_member, ops.zeros_like(per_member)))
+
+
+# --------------------------------------------------------------------------- optimizers
+
+class _SlotMixin:
+    """Per-slot optimizer state: reset a slot's moments and restart its step count."""
+
+    members: int
+
+    def _slot_state(self) -> list:
+        return []
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self.slot_start = self.add_variable(shape=(self.members,), initializer="zeros",
+                                            dtype="float32", name="slot_start")
+
+    def reset_slot(self, slot: int) -> None:
+        for var in self._slot_state():
+            value = np.array(keras.ops.convert_to_numpy(var))
+            value[slot] = 0
+            var.assign(value)
+        start = np.array(keras.ops.convert_to_numpy(self.slot_start))
+        start[slot] = float(keras.ops.convert_to_numpy(self.iterations))
+        self.slot_start.assign(start)
+
+
+class SlotAdam(_SlotMixin, keras.optimizers.Adam):
+    """keras.optimizers.Adam with bias correction on each slot's own step count."""
+
+    def __init__(self, members: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.members = members
+
+    def _slot_state(self) -> list:
+        return [*self._momentums, *self._velocities]
+
+    def update_step(self, gradient, variable, learning_rate):
+        # keras.optimizers.Adam.update_step (amsgrad off) with local_step per slot.
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype) - ops.cast(
+            self.slot_start, variable.dtype)
+        local_step = ops.reshape(local_step, (self.members,) + (1,) * (len(variable.shape) - 1))
+        beta_1_power = ops.power(ops.cast(self.beta_1, variable.dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v),
+                                        1 - self.beta_2))
+        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha),
+                                             ops.add(ops.sqrt(v), self.epsilon)))
+
+
+class SlotSGD(_SlotMixin, keras.optimizers.SGD):
+    """keras.optimizers.SGD; only the momentum (if any) is per-slot state."""
+
+    def __init__(self, members: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.members = members
+
+    def _slot_state(self) -> list:
+        return list(self.momentums)
+
+
+def make_optimizer(name: str, learning_rate: float, members: int) -> keras.Optimizer:
+    if name == "adam":
+        return SlotAdam(members, learning_rate=learning_rate)
+    if name == "sgd":
+        return SlotSGD(members, learning_rate=learning_rate)
+    raise ValueError(f"the packed trainer supports the optimizers "
+                     f"{', '.join(SUPPORTED_OPTIMIZERS)}, not {name!r}; "
+                     "use the keras trainer for it")
+
+
+# --------------------------------------------------------------------------- trainer
+
+@dataclass
+class _Slot:
+    config: RegConfig
+    rules: StopRules
+    prune: PruneCheck
+    keep_model: bool
+    epochs: int = 0
+    seconds: float = 0.0
+    best_weights: list[np.ndarray] | None = field(default=None, repr=False)
+
+
+class _BatchHook(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.check()
+
+
+def _effective(config: RegConfig) -> tuple[float, float]:
+    l1 = config.l1 if config.regularizer in ("l1", "l1_l2") else 0.0
+    l2 = config.l2 if config.regularizer in ("l2", "l1_l2") else 0.0
+    return float(l1), float(l2)
+
+
+class PackedTrainer:
+    """Up to `pack_size` trials trained together, one shuffled epoch at a time."""
+
+    name = "packed"
+
+    def __init__(self, spec: StudySpec, data: Dataset, *, metric: str, direction: str,
+                 pack_size: int) -> None:
+        if pack_size < 1:
+            raise ValueError(f"pack_size must be at least 1, not {pack_size}")
+        self.spec, self.data = spec, data
+        self.metric, self.direction = metric, direction
+        self.pack_size = int(pack_size)
+        self.optimizer = make_optimizer(spec.train.optimizer, spec.train.learning_rate,
+                                        self.pack_size)
+        enable_determinism()
+        self.reference = KerasTrainer(spec, data, metric=metric, direction=direction)
+        self.model = PackedNet(self.pack_size, data.n_features, spec.model.hidden_units,
+                               data.output_units, spec.model.activation, data.task,
+                               seed=spec.seed)
+        self.loss_metric = MemberDataLoss(self.pack_size, data.task)
+        # TensorFlow: no XLA, as the keras trainer; JAX: jit, or every batch is retraced.
+        self.model.compile(optimizer=self.optimizer, metrics=[self.loss_metric],
+                           jit_compile=keras.backend.backend() == "jax")
+        self.optimizer.build(self.model.trainable_variables)
+        self.rng = np.random.default_rng(spec.seed)
+        self.last_order: np.ndarray | None = None
+        self.slots: dict[int, _Slot] = {}
+        self._hook = _BatchHook()
+        self._x_train = np.asarray(data.x_train, np.float32)
+
+    # ------------------------------------------------------------------ slots
+
+    def free_slots(self) -> list[int]:
+        return [k for k in range(self.pack_size) if k not in self.slots]
+
+    def occupied(self) -> list[int]:
+        return sorted(self.slots)
+
+    def assign(self, config: RegConfig, *, seed: int, prune: PruneCheck,
+               keep_model: bool = False, slot: int | None = None) -> int:
+        """Start `config` in a free slot (the lowest, or `slot`): fresh weights and state."""
+        free = self.free_slots()
+        if not free:
+            raise RuntimeError("no free slot in the pack")
+        if slot is None:
+            slot = free[0]
+        elif slot not in free:
+            raise ValueError(f"slot {slot} is not free")
+        rng = np.random.default_rng(seed)
+        weights: list[np.ndarray] = []
+        for layer in self.model.dense_layers:
+            _, fan_in, fan_out = layer.kernel.shape
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32))
+            weights.append(np.zeros((fan_out,), np.float32))
+        self.set_member_weights(slot, weights)
+        l1, l2 = _effective(config)
+        self._set_entry(self.model.l1, slot, l1)
+        self._set_entry(self.model.l2, slot, l2)
+        for drop in self.model.drops:
+            self._set_entry(drop.rate, slot, config.dropout)
+        self._set_entry(self.model.active, slot, 1.0)
+        self.optimizer.reset_slot(slot)
+        self.slots[slot] = _Slot(config, StopRules(self.direction, self.spec.train.early_stopping),
+                                 prune, keep_model)
+        return slot
+
+    def set_member_weights(self, slot: int, weights: list[np.ndarray]) -> None:
+        """Standard-model weights (`build_model(...).get_weights()` order) into `slot`."""
+        variables = self._variables()
+        if len(weights) != len(variables):
+            raise ValueError(f"expected {len(variables)} arrays, got {len(weights)}")
+        for var, value in zip(variables, weights):
+            full = np.array(keras.ops.convert_to_numpy(var))
+            full[slot] = np.asarray(value, np.float32).reshape(full.shape[1:])
+            var.assign(full)
+
+    def member_weights(self, slot: int) -> list[np.ndarray]:
+        return [np.array(keras.ops.convert_to_numpy(v)[slot]) for v in self._variables()]
+
+    # ------------------------------------------------------------------ training
+
+    def batches(self, order: np.ndarray) -> list[np.ndarray]:
+        size = self.spec.train.batch_size
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def last_batches(self) -> list[np.ndarray]:
+        """The batches (index arrays into x_train) of the last `run_epoch`, in order."""
+        return self.batches(self.last_order) if self.last_order is not None else []
+
+    def run_epoch(self, *, order: np.ndarray | None = None) -> dict[int, TrialOutcome]:
+        """One shuffled pass for every occupied slot; returns the trials that finished.
+
+        `order` (a permutation of the training rows) replaces the trainer's own shuffle;
+        tests use it to replay batches.
+        """
+        if not self.slots:
+            return {}
+        started = time.perf_counter()
+        n = len(self._x_train)
+        order = self.rng.permutation(n) if order is None else np.asarray(order)
+        self.last_order = order
+        self.model.fit(self._x_train[order], self.data.y_train[order],
+                       batch_size=self.spec.train.batch_size, epochs=1, shuffle=False,
+                       verbose=0, callbacks=[self._hook])
+        train_loss = np.asarray(keras.ops.convert_to_numpy(self.loss_metric.result()))
+        val_out = self._outputs(self.data.x_val)
+        hidden = [np.asarray(keras.ops.convert_to_numpy(layer.kernel))
+                  for layer in self.model.hidden]
+        l1 = np.asarray(keras.ops.convert_to_numpy(self.model.l1))
+        l2 = np.asarray(keras.ops.convert_to_numpy(self.model.l2))
+        full = [np.asarray(keras.ops.convert_to_numpy(v)) for v in self._variables()]
+        share = (time.perf_counter() - started) / len(self.slots)
+
+        finished: dict[int, TrialOutcome] = {}
+        for k in self.occupied():
+            slot = self.slots[k]
+            slot.epochs += 1
+            slot.seconds += share
+            val_loss, val_metric = self._evaluate(val_out[k], self.data.y_val)
+            penalty = float(sum(float(np.float32(l1[k]) * np.sum(np.abs(w[k]), dtype=np.float32)
+                                      + np.float32(l2[k]) * np.sum(np.square(w[k]),
+                                                                   dtype=np.float32))
+                                for w in hidden))
+            current = EpochMetrics(epoch=slot.epochs, train_loss=float(train_loss[k]),
+                                   val_loss=val_loss, val_metric=val_metric, penalty=penalty)
+            keep_going = slot.rules.observe(current, slot.prune)
+            if slot.rules.best_epoch == current.epoch:
+                slot.best_weights = [w[k].copy() for w in full]
+            if not keep_going or slot.epochs >= self.spec.train.epochs:
+                finished[k] = self._finish(k)
+        return finished
+
+    def _finish(self, k: int) -> TrialOutcome:
+        slot = self.slots[k]
+        outcome = slot.rules.outcome(slot.seconds)
+        if outcome.state != FAILED and slot.best_weights is not None:
+            self.set_member_weights(k, slot.best_weights)
+            n_hidden = len(self.model.hidden)
+            outcome.near_zero_share = metrics.near_zero_share(
+                [slot.best_weights[2 * i] for i in range(n_hidden)])
+            if len(self.data.x_test):
+                outcome.test_metric = self._evaluate(self.predict(k, self.data.x_test),
+                                                     self.data.y_test)[1]
+            if slot.keep_model:
+                outcome.model = self.export(k)
+        self._set_entry(self.model.active, k, 0.0)
+        del self.slots[k]
+        return outcome
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(self, slot: int, x: np.ndarray) -> np.ndarray:
+        """Member `slot`'s inference outputs (dropout off), as its exported model gives."""
+        return self._outputs(x)[slot]
+
+    def export(self, slot: int) -> keras.Sequential:
+        """The standard model (`build_model`, compiled as the keras trainer does)."""
+        if slot not in self.slots:
+            raise ValueError(f"slot {slot} is empty")
+        model = self.reference.build(self.slots[slot].config)
+        model.set_weights(self.member_weights(slot))
+        return model
+
+    def _outputs(self, x: np.ndarray) -> np.ndarray:
+        """(K, N, out) probabilities / values for all members, dropout off."""
+        x = np.asarray(x, np.float32)
+        activation = OUTPUT_ACTIVATION[self.data.task]
+        parts = []
+        for i in range(0, len(x), _PREDICT_CHUNK):
+            out = self.model(x[i:i + _PREDICT_CHUNK], training=False)
+            if activation == "softmax":
+                out = ops.softmax(out, axis=-1)
+            elif activation == "sigmoid":
+                out = ops.sigmoid(out)
+            parts.append(np.asarray(keras.ops.convert_to_numpy(out)))
+        if not parts:
+            return np.zeros((self.pack_size, 0, self.data.output_units), np.float32)
+        return np.concatenate(parts, axis=1)
+
+    def _evaluate(self, y_pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        d = self.data
+        with np.errstate(all="ignore"):
+            return (metrics.data_loss(d.task, y, y_pred),
+                    metrics.score(self.metric, d.task, y, y_pred,
+                                  target_mean=d.target_mean, target_std=d.target_std))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _variables(self) -> list:
+        return [v for layer in self.model.dense_layers for v in (layer.kernel, layer.bias)]
+
+    @staticmethod
+    def _set_entry(var, slot: int, value: float) -> None:
+        full = np.array(keras.ops.convert_to_numpy(var))
+        full[slot] = value
+        var.assign(full)
+
+
+# --------------------------------------------------------------------------- pack size
+
+def member_parameters(spec: StudySpec, data: Dataset) -> int:
+    widths = [data.n_features, *spec.model.hidden_units, data.output_units]
+    return sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+
+
+def _gpu_memory() -> int | None:
+    """Bytes of accelerator memory, or None on a CPU-only backend."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform == "cpu":
+                return None
+            stats = device.memory_stats() or {}
+            return int(stats.get("bytes_limit", 16 << 30))
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if not gpus:
+                return None
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return int(details.get("memory_limit", 16 << 30)) if details else 16 << 30
+    except Exception:  # noqa: BLE001 - any failure: treat as unknown size
+        return 16 << 30 if backend != "jax" else None
+    return None
+
+
+def _host_memory() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def choose_pack_size(spec: StudySpec, data: Dataset, override: int | None) -> int:
+    """How many trials to pack: `override`, else what a quarter of free memory holds.
+
+    Per member: weights, gradients, two optimizer moments and a best-epoch copy (6x the
+    parameters) plus training activations for one batch and inference over the largest
+    held-out split; capped at 64 on CPU and 256 with a GPU.
+    """
+    if override is not None:
+        if override < 1:
+            raise ValueError(f"pack size must be at least 1, not {override}")
+        return int(override)
+    params = member_parameters(spec, data)
+    units = sum(spec.model.hidden_units) + data.output_units
+    rows = max(spec.train.batch_size * 4, min(_PREDICT_CHUNK, max(len(data.x_val),
+                                                                 len(data.x_test))))
+    per_member = 4 * (6 * params + rows * units)
+    gpu = _gpu_memory()
+    budget, cap = (gpu // 2, GPU_PACK_CAP) if gpu else (_host_memory() // 4, CPU_PACK_CAP)
+    return int(max(1, min(cap, budget // max(per_member, 1))))
