@@ -72,7 +72,8 @@ def study_dict(opts: argparse.Namespace, workdir: Path, trainer: str = "keras") 
         "train": {"epochs": opts.epochs, "batch_size": opts.batch_size, "optimizer": "adam",
                   "learning_rate": 0.003},
         "objective": {"metric": "accuracy"},
-        "search": {"sampler": "tpe", "pruner": "none", "n_trials": opts.trials},
+        "search": {"sampler": "tpe", "pruner": "none", "n_trials": opts.trials,
+                   **({"pack_size": opts.pack_size} if opts.pack_size else {})},
         "storage": f"sqlite:///{workdir / 'study.db'}",
         "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}"},
         "trainer": trainer,
@@ -345,7 +346,8 @@ def spawn(name: str, opts: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, str(Path(__file__).resolve()), "--contestant", name,
                    "--result", str(result_file), "--trials", str(opts.trials),
                    "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size),
-                   "--data", opts.data, "--hidden", ",".join(map(str, opts.hidden))]
+                   "--data", opts.data, "--hidden", ",".join(map(str, opts.hidden)),
+                   *(["--pack-size", str(opts.pack_size)] if opts.pack_size else [])]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=not opts.verbose, text=True)
@@ -525,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=_names,
                         help=f"comma-separated subset of: {', '.join(CONTESTANTS)}")
     parser.add_argument("--out", help="write the full results as JSON here")
+    parser.add_argument("--pack-size", type=int, default=None,
+                        help="packed trainer's pack size (default: regsearch's own choice)")
     parser.add_argument("--verbose", action="store_true", help="show the contestants' output")
     parser.add_argument("--contestant", choices=[*CONTESTANTS, PROBE], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
