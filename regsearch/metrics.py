@@ -32,6 +32,18 @@ def score(metric: str, task: str, y_true: np.ndarray, y_pred: np.ndarray,
     return _cross_entropy(task, y_true, y_pred)
 
 
+def data_loss_and_score(metric: str, task: str, y_true: np.ndarray, y_pred: np.ndarray, *,
+                        target_mean: float = 0.0, target_std: float = 1.0) -> tuple[float, float]:
+    """(data loss, objective) of held-out predictions; every trainer scores through here.
+
+    A diverged member's NaN/inf predictions give NaN here, quietly: StopRules reports it.
+    """
+    with np.errstate(all="ignore"):
+        return (data_loss(task, y_true, y_pred),
+                score(metric, task, y_true, y_pred, target_mean=target_mean,
+                      target_std=target_std))
+
+
 def predicted_classes(task: str, y_pred: np.ndarray) -> np.ndarray:
     if task == "binary":
         return (y_pred.reshape(-1) > 0.5).astype(np.int64)

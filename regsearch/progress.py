@@ -8,6 +8,7 @@ from typing import TextIO
 
 from regsearch.driver import StudyRun
 from regsearch.space import RegConfig
+from regsearch.spec import is_better
 from regsearch.trainers.base import COMPLETE, EpochMetrics, TrialOutcome
 
 
@@ -18,14 +19,14 @@ class Progress:
         self.stream = stream
         self.bar = None
         self.best: tuple[float, int] | None = None
-        self.sign = 1.0
+        self.direction = "maximize"
         self.metric = "value"
         self.started = time.monotonic()
         self.timeout: float | None = None
 
     def study_opened(self, run: StudyRun) -> None:
         self.metric, self.timeout = run.objective.metric, run.timeout
-        self.sign = 1.0 if run.objective.direction == "maximize" else -1.0
+        self.direction = run.objective.direction
         done = run.done
         self._say(f"study {run.spec.name}: {run.data.description}; "
                   f"{done} of {run.budget} trials already done")
@@ -43,7 +44,7 @@ class Progress:
 
     def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
         if outcome.state == COMPLETE and outcome.value is not None:
-            if self.best is None or self.sign * (outcome.value - self.best[0]) > 0:
+            if is_better(self.direction, outcome.value, self.best and self.best[0]):
                 self.best = (outcome.value, number)
         best = f"best {self.metric}={self.best[0]:.4f} (#{self.best[1]})" if self.best else ""
         if self.bar is not None:

@@ -65,6 +65,15 @@ class Objective:
     direction: str
 
 
+def is_better(direction: str, candidate: float, incumbent: float | None,
+              margin: float = 0.0) -> bool:
+    """Whether `candidate` beats `incumbent` by more than `margin` (no incumbent: it does)."""
+    if incumbent is None:
+        return True
+    sign = 1.0 if direction == "maximize" else -1.0
+    return sign * (candidate - incumbent) > margin
+
+
 def resolve_objective(spec: StudySpec, task: str) -> Objective:
     """Fill in the default metric for `task` and check an explicit one fits it."""
     metric = spec.objective.metric or ("rmse" if task == "regression" else "accuracy")

@@ -7,7 +7,6 @@ tests check all three: the message starts with "<file>: <field.path>: " and cont
 from __future__ import annotations
 
 import copy
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -782,3 +781,14 @@ def test_pack_size_does_not_change_the_study_identity() -> None:
     small = parse_spec(with_fields({"trainer": "packed", "search.pack_size": 4}), source="a")
     large = parse_spec(with_fields({"trainer": "packed", "search.pack_size": 64}), source="a")
     assert small.spec_hash == large.spec_hash
+
+
+def test_is_better_follows_the_direction_and_margin() -> None:
+    from regsearch.spec import is_better
+
+    assert is_better("maximize", 0.9, None) and is_better("minimize", 0.9, None)
+    assert is_better("maximize", 0.9, 0.8) and not is_better("maximize", 0.8, 0.9)
+    assert is_better("minimize", 0.8, 0.9) and not is_better("minimize", 0.9, 0.8)
+    assert not is_better("maximize", 0.9, 0.9)
+    assert not is_better("maximize", 0.85, 0.8, margin=0.1)
+    assert is_better("minimize", 0.0, 0.5) and not is_better("maximize", 0.0, 0.0)

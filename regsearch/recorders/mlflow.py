@@ -29,11 +29,12 @@ import logging  # noqa: E402
 
 import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
+from regsearch.spec import is_better  # noqa: E402
 from regsearch.storage import mask_url  # noqa: E402
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
@@ -272,8 +273,7 @@ class MlflowRecorder:
     # ---------------------------------------------------------------- internals
 
     def _better(self, record: TrialRecord) -> bool:
-        sign = 1.0 if self.direction == "maximize" else -1.0
-        if self.best is None or sign * (record.value - self.best) > 0:
+        if is_better(self.direction, record.value, self.best):
             self.best = record.value
             return True
         return False
@@ -322,13 +322,12 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
         raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} is not reachable "
                              f"({_problem(exc)}); start it and run sync again") from None
     written = kept = 0
-    sign = 1.0 if study["direction"] == "maximize" else -1.0
     best: TrialRecord | None = None
     # Every finished trial is checked against MLflow itself (by its trial tag), not the
     # ledger's flag: the store may be new or may have lost runs.
     for record in (r for r in ledger.records(name) if r.state != "running"):
-        if record.state == "complete" and record.value is not None and (
-                best is None or sign * (record.value - best.value) > 0):
+        if record.state == "complete" and record.value is not None and is_better(
+                study["direction"], record.value, best and best.value):
             best = record
         try:
             run_id, created = writer.write_trial(experiment_id, parent_id, record,

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from regsearch.spec import EarlyStopping
+from regsearch.spec import EarlyStopping, is_better
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 #: Per-trial numbers kept beside the value (Optuna user attrs, ledger columns, MLflow).
@@ -72,7 +72,7 @@ class StopRules:
     """
 
     def __init__(self, direction: str, early_stopping: EarlyStopping | None) -> None:
-        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.direction = direction
         self.early = early_stopping
         self.history: list[EpochMetrics] = []
         self.best_epoch: int | None = None
@@ -100,10 +100,8 @@ class StopRules:
         return True
 
     def improved(self, metrics: EpochMetrics) -> bool:
-        if self.best_epoch is None:
-            return True
-        delta = self.early.min_delta if self.early else 0.0
-        return self.sign * (metrics.val_metric - self.best_value) > delta
+        margin = self.early.min_delta if self.early else 0.0
+        return is_better(self.direction, metrics.val_metric, self.best_value, margin)
 
     def _stop(self, state: str, reason: str) -> bool:
         self.state, self.reason = state, reason

@@ -93,11 +93,9 @@ class KerasTrainer:
 
     def evaluate(self, model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """(data loss, objective metric) on held-out data, with dropout off."""
-        y_pred = predict(model, x)
         d = self.data
-        return (metrics.data_loss(d.task, y, y_pred),
-                metrics.score(self.metric, d.task, y, y_pred,
-                              target_mean=d.target_mean, target_std=d.target_std))
+        return metrics.data_loss_and_score(self.metric, d.task, y, predict(model, x),
+                                           target_mean=d.target_mean, target_std=d.target_std)
 
     def _finish(self, model: keras.Model, outcome: TrialOutcome) -> None:
         kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers

@@ -471,10 +471,8 @@ class PackedTrainer:
 
     def _evaluate(self, y_pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         d = self.data
-        with np.errstate(all="ignore"):
-            return (metrics.data_loss(d.task, y, y_pred),
-                    metrics.score(self.metric, d.task, y, y_pred,
-                                  target_mean=d.target_mean, target_std=d.target_std))
+        return metrics.data_loss_and_score(self.metric, d.task, y, y_pred,
+                                           target_mean=d.target_mean, target_std=d.target_std)
 
     # ------------------------------------------------------------------ helpers
 
