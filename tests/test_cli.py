@@ -434,6 +434,28 @@ def test_best_for_a_missing_study_lists_the_existing_ones(finished_study: Finish
                       "'no-such-study'", "studies there: e2e-digits", url)
 
 
+@pytest.mark.parametrize("command", [["best", "e2e-digits"], ["sync", "e2e-digits"]])
+def test_read_only_commands_refuse_a_missing_database_and_create_none(
+        tmp_path: Path, command: list[str]) -> None:
+    url = sqlite_url(tmp_path, "typo/s.db")
+    assert_user_error(cli(tmp_path, *command, "--storage", url),
+                      "no study database at", "run a study first, or pass --storage")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_sync_names_a_missing_study_and_an_unreachable_mlflow(finished_study: Finished,
+                                                             tmp_path: Path) -> None:
+    _, url = finished_study.copy_to(tmp_path)
+    assert_user_error(cli(tmp_path, "sync", "no-such-study", "--storage", url),
+                      "no study named 'no-such-study'", "studies there: e2e-digits")
+    dead = "http://alice:hunter2@127.0.0.1:1"
+    line = assert_user_error(cli(tmp_path, "sync", "e2e-digits", "--storage", url,
+                                 "--mlflow", dead),
+                             "MLflow at http://alice:***@127.0.0.1:1 is not reachable",
+                             "start it and run sync again")
+    assert "hunter2" not in line
+
+
 def test_validate_a_good_file_writes_nothing(tmp_path: Path) -> None:
     write_study(tmp_path, study_dict("valid", sqlite_url(tmp_path, "sub/s.db")))
     proc = cli(tmp_path, "validate", "study.yaml")

@@ -792,3 +792,11 @@ def test_is_better_follows_the_direction_and_margin() -> None:
     assert not is_better("maximize", 0.9, 0.9)
     assert not is_better("maximize", 0.85, 0.8, margin=0.1)
     assert is_better("minimize", 0.0, 0.5) and not is_better("maximize", 0.0, 0.0)
+
+
+def test_mlflow_must_not_share_the_storage_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    assert_spec_error(tmp_path, with_fields({"storage": url, "mlflow.tracking_uri": url}),
+                      "mlflow.tracking_uri", "`alembic_version` table")
+    assert_spec_error(tmp_path, with_fields({"mlflow.enabled": "yes"}),
+                      "mlflow.enabled", "expected true or false")
