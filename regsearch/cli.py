@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 from regsearch.errors import RegsearchError
 from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
-EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BUG = 2, 130, 1
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_BUG = 2, 130, 143, 1
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -24,6 +24,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(args: argparse.Namespace) -> dict[str, str | None]:
+    """Storage and MLflow URIs: the flags, else REGSEARCH_STORAGE / REGSEARCH_MLFLOW (how
+    containers and the launcher pass URLs holding passwords), else the study file."""
+    import os
+
+    return {"storage": args.storage or os.environ.get("REGSEARCH_STORAGE") or None,
+            "mlflow": args.mlflow or os.environ.get("REGSEARCH_MLFLOW") or None}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from regsearch import driver, report
     from regsearch.progress import Progress
@@ -31,8 +40,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from regsearch.trainers import make_trainer
 
     spec = load_spec(args.study)
-    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, storage=args.storage,
-                          mlflow=args.mlflow)
+    if args.workers is not None or args.gpus is not None:
+        from regsearch import launcher
+
+        return launcher.launch(args.study, spec, launcher.plan(args.workers, args.gpus),
+                               trials=args.trials, timeout=args.timeout, **_where(args))
+    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, **_where(args))
     progress = Progress()
     try:
         driver.run_study(run, make_trainer(run), [progress])
@@ -44,6 +57,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     progress.close()
     print(report.render(report.summarize(run.study), "table"))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from regsearch import driver
+    from regsearch.spec import load_spec
+    from regsearch.storage import mask_url
+
+    spec = load_spec(args.study)
+    run = driver.open_run(spec, n_trials=args.trials, **_where(args))
+    driver.prepare(run)
+    print(f"ok: study {spec.name} is ready in {mask_url(run.storage_url)} ({run.done} of "
+          f"{run.budget} trials done); start workers with: regsearch worker {args.study}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """Join a study and work until its budget is spent; recycle the process when told to."""
+    import os
+
+    from regsearch import driver, interrupts
+    from regsearch.progress import Progress
+    from regsearch.spec import load_spec
+    from regsearch.trainers import make_trainer
+
+    spec = load_spec(args.study)
+    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, join=True,
+                          **_where(args))
+    progress = Progress()
+    try:
+        recycle = driver.run_study(run, make_trainer(run), [progress],
+                                   max_trials=spec.workers.recycle_after)
+    except interrupts.Stopped:
+        progress.close()
+        print("regsearch: worker stopped; its running trials were re-queued", file=sys.stderr)
+        return EXIT_STOPPED
+    progress.close()
+    if recycle:  # a fresh process: memory held by TensorFlow and Python goes back
+        print(f"regsearch: worker recycled after {spec.workers.recycle_after} trials",
+              file=sys.stderr, flush=True)
+        os.execv(sys.executable, [sys.executable, "-m", "regsearch", *sys.argv[1:]])
+    print(f"regsearch: worker done: the study has {run.done} of {run.budget} trials",
+          file=sys.stderr)
     return 0
 
 
@@ -104,7 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     run.add_argument("--storage", help="SQLAlchemy URL (overrides the study file)")
     run.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (overrides the study file)")
+    run.add_argument("--workers", type=_positive_int,
+                     help="worker processes on this machine (a server database for more than 1)")
+    run.add_argument("--gpus", metavar="all|0,2,3", help="one worker per GPU")
     run.set_defaults(handler=_cmd_run)
+
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("study", help="study file")
+    where.add_argument("--storage", help="SQLAlchemy URL (default: $REGSEARCH_STORAGE, "
+                                         "else the study file's)")
+    where.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default: "
+                                                      "$REGSEARCH_MLFLOW, else the study file's)")
+    where.add_argument("--trials", type=_positive_int, help="total trial budget of the study")
+    init = commands.add_parser("init", parents=[common, where],
+                               help="create the study, its tables and MLflow experiment; once")
+    init.set_defaults(handler=_cmd_init)
+    worker = commands.add_parser("worker", parents=[common, where],
+                                 help="join an existing study and train until its budget is spent")
+    worker.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    worker.set_defaults(handler=_cmd_worker)
 
     sync = commands.add_parser("sync", parents=[common],
                                help="write trials MLflow is missing from the ledger")
@@ -152,9 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"regsearch: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("regsearch: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        from regsearch.interrupts import Stopped
+
+        print("regsearch: stopped" if isinstance(exc, Stopped) else "regsearch: interrupted",
+              file=sys.stderr)
+        return EXIT_STOPPED if isinstance(exc, Stopped) else EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so briefly, keep the traceback for --debug
         if args.debug:
             raise

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -185,6 +185,22 @@ class MlflowSpec:
 
 
 @dataclass(frozen=True)
+class WorkersSpec:
+    """How worker processes share a study (server databases only); not part of its identity.
+
+    A worker beats every `heartbeat_interval` seconds from a thread of its own, so a busy
+    worker keeps beating; one silent for `grace_period` seconds is declared dead, its trial
+    failed and re-queued with the same parameters at most `max_retries` times.
+    `recycle_after` trials, a worker replaces its process with a fresh one (memory).
+    """
+
+    heartbeat_interval: int = 10
+    grace_period: int = 120
+    max_retries: int = 2
+    recycle_after: int | None = None
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study: what to search, on which data, and where to record it."""
 
@@ -198,7 +214,8 @@ class StudySpec:
     search: SearchSpec = SearchSpec()
     storage: str = DEFAULT_STORAGE
     mlflow: MlflowSpec = MlflowSpec()
-    trainer: str = "keras"
+    workers: WorkersSpec = WorkersSpec()
+    trainer: str = "packed"
     source: str = field(default="<spec>", compare=False)
 
     def identity(self) -> dict[str, Any]:
@@ -231,7 +248,7 @@ class StudySpec:
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TOP_KEYS = ("name", "seed", "data", "model", "space", "train", "objective", "search",
-             "storage", "mlflow", "trainer")
+             "storage", "mlflow", "workers", "trainer")
 _DATA_KEYS = ("builtin", "file", "target", "synthetic", "validation_fraction", "test_fraction")
 _SYNTHETIC_KEYS = ("task", "samples", "features", "classes", "informative", "noise")
 
@@ -514,6 +531,20 @@ def _parse_mlflow(f: _Fields, storage: str) -> MlflowSpec:
     return spec
 
 
+def _parse_workers(f: _Fields) -> WorkersSpec:
+    spec = WorkersSpec(
+        heartbeat_interval=f.get("heartbeat_interval", _integer(1, 3600), 10),
+        grace_period=f.get("grace_period", _integer(2, 86400), 120),
+        max_retries=f.get("max_retries", _integer(0, 100), 2),
+        recycle_after=f.get("recycle_after", _integer(1, 10_000_000), None),
+    )
+    if spec.grace_period < 2 * spec.heartbeat_interval:
+        raise f.error("grace_period", f"must be at least twice heartbeat_interval "
+                                      f"({spec.heartbeat_interval}), got {spec.grace_period}; "
+                                      "a busy worker must not be declared dead")
+    return spec
+
+
 def _parse_search(f: _Fields) -> SearchSpec:
     timeout = f.get("timeout", _positive, None)
     spec = SearchSpec(
@@ -550,9 +581,14 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) ->
                                                 "grid_size", "pack_size"))),
         storage=storage,
         mlflow=_parse_mlflow(top.sub("mlflow", ("tracking_uri", "enabled")), storage),
-        trainer=top.get("trainer", _choice(TRAINERS), "keras"),
+        workers=_parse_workers(top.sub("workers", ("heartbeat_interval", "grace_period",
+                                                   "max_retries", "recycle_after"))),
+        trainer=top.get("trainer", _choice(TRAINERS), "default"),
         source=source,
     )
+    if spec.trainer == "default":  # packed where it can: the same training, many times faster
+        packable = spec.train.optimizer in PACKED_OPTIMIZERS
+        spec = replace(spec, trainer="packed" if packable else "keras")
     if spec.trainer == "packed" and spec.train.optimizer not in PACKED_OPTIMIZERS:
         raise SpecError(source, "train.optimizer",
                         f"the packed trainer supports {', '.join(PACKED_OPTIMIZERS)}, got "

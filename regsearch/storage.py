@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
 from pathlib import Path
+from typing import TextIO
 
 import optuna
 import sqlalchemy
@@ -25,10 +27,12 @@ def mask_url(url: str | URL) -> str:
     return _PASSWORD_IN_URL.sub(r"\1***\3", url)
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, must_exist: bool = False,
+                 heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at `url`; a SQLite file's folder is created if needed.
 
     With `must_exist` (read-only commands) a missing SQLite file is an error, not a new file.
+    `heartbeat` is (interval, grace period) in seconds, for studies shared by processes.
     """
     database = _sqlite_file(url)
     if database is not None:
@@ -36,7 +40,9 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
             require_existing(url)
         _make_folder(database, url)
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        interval, grace = heartbeat or (None, None)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                                             heartbeat_interval=interval, grace_period=grace)
         tune_sqlite(storage.engine)
         return storage
     except ModuleNotFoundError as exc:
@@ -61,6 +67,31 @@ def require_existing(url: str) -> None:
     if database is not None and not database.is_file():
         raise StorageError(f"no study database at {database}; run a study first, or pass "
                            "--storage with the URL it was run with")
+
+
+_HELD: dict[str, TextIO] = {}
+
+
+def hold_sqlite(url: str) -> None:
+    """Hold an exclusive lock on a SQLite study for the rest of this process's life.
+
+    SQLite serves one writing process well; a second `run` or worker on the same file would
+    interleave trials and fail on locks, so it is refused at once with what to do instead.
+    """
+    database = _sqlite_file(url)
+    if database is None or str(database.resolve()) in _HELD:
+        return
+    _make_folder(database, url)
+    handle = open(f"{database}.lock", "w")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StorageError(f"storage {url}: another regsearch process is using this SQLite "
+                           "study, and SQLite holds one process at a time; wait for it, or "
+                           "share the study between processes through a server database "
+                           "(--storage postgresql+psycopg://user@host/db)") from None
+    _HELD[str(database.resolve())] = handle
 
 
 def is_sqlite(url: str) -> bool:

@@ -295,8 +295,9 @@ def _default_sigint() -> None:
 
 def test_ctrl_c_marks_the_trial_failed_and_a_rerun_continues(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
+    # One trial at a time, so "the running trial" is one (packs: tests/test_driver_packed.py).
     spec = study_dict("e2e-interrupt", url, train={"epochs": 40},
-                      search={"n_trials": 50})
+                      search={"n_trials": 50}, trainer="keras")
     study_file = write_study(tmp_path, spec)
     proc = subprocess.Popen([sys.executable, "-m", "regsearch", "run", study_file.name],
                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,

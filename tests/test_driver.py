@@ -159,3 +159,28 @@ def test_bad_data_is_refused_before_storage_is_created(make_spec, tmp_path) -> N
     with pytest.raises(DataError, match="missing or infinite feature values"):
         driver.open_run(spec)
     assert not (tmp_path / "study.db").exists()
+
+
+def test_trial_details_take_one_transaction_with_the_installed_optuna(make_spec) -> None:
+    """The batched path (Optuna's private per-row writers) must still exist; else ~30
+    commits per trial come back silently. Both paths must write the same records."""
+    study_run = driver.open_run(make_spec())
+    assert driver._can_batch(study_run.study._storage._backend)
+    batched, public = study_run.study.ask(), study_run.study.ask()
+    attrs, steps = {"fail_reason": "x", "seconds": 1.5}, {1: 0.25, 2: 0.5}
+    driver.write_trial_details(study_run.study, batched._trial_id, attrs, steps)
+    for step, value in steps.items():  # what the fallback does
+        study_run.study._storage.set_trial_intermediate_value(public._trial_id, step, value)
+    for key, value in attrs.items():
+        public.set_user_attr(key, value)
+    written = {t.number: t for t in study_run.study.get_trials()}
+    for trial in (batched, public):
+        assert written[trial.number].user_attrs == attrs
+        assert written[trial.number].intermediate_values == steps
+
+
+def test_without_a_pruner_the_epochs_still_reach_optuna(make_spec) -> None:
+    study_run = run(make_spec(train__epochs=3))
+    for trial in study_run.study.get_trials():
+        assert sorted(trial.intermediate_values) == [1, 2, 3]
+        assert trial.value == max(trial.intermediate_values.values())

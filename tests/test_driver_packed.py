@@ -31,7 +31,7 @@ class Concurrency:
     def epoch_ended(self, number, metrics) -> None:
         self.reports += 1
         if self.reports == self.interrupt_at:
-            interrupts._requested.set()  # what the SIGINT handler does on Ctrl-C
+            interrupts.request()  # what the SIGINT handler does on Ctrl-C
 
     def trial_ended(self, number, config, outcome) -> None:
         self.running.discard(number)

@@ -106,7 +106,7 @@ def test_minimal_file_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert spec.search == SearchSpec(sampler="tpe", pruner="median", n_trials=None,
                                      timeout=None, grid_size=3)
     assert spec.storage == DEFAULT_STORAGE == "sqlite:///runs/regsearch.db"
-    assert spec.trainer == "keras"
+    assert spec.trainer == "packed"
 
 
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
@@ -775,6 +775,12 @@ def test_packed_trainer_names_the_optimizers_it_supports() -> None:
         parse_spec(raw, source="p.yaml")
     assert parse_spec(with_fields({"trainer": "packed", "search.pack_size": 8}),
                       source="p.yaml").search.pack_size == 8
+
+
+def test_trainer_defaults_to_packed_where_the_optimizer_allows() -> None:
+    assert parse_spec(with_fields({"train.optimizer": "sgd"}), source="p").trainer == "packed"
+    assert parse_spec(with_fields({"train.optimizer": "rmsprop"}), source="p").trainer == "keras"
+    assert parse_spec(with_fields({"trainer": "keras"}), source="p").trainer == "keras"
 
 
 def test_pack_size_does_not_change_the_study_identity() -> None:

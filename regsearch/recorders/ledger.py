@@ -10,6 +10,7 @@ import json
 import math
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -62,6 +63,16 @@ class StudyRow(Base):
     direction: Mapped[str] = mapped_column(sa.String(8))
     trials: Mapped[list[TrialRow]] = relationship(back_populates="study",
                                                   order_by="TrialRow.number")
+
+
+class LockRow(Base):
+    """One row per study, locked while a process checks the budget and asks for trials.
+
+    A table of its own, with no foreign keys: inserting trial rows must not wait on it.
+    """
+
+    __tablename__ = "regsearch_locks"
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
 
 
 class TrialRow(Base):
@@ -185,6 +196,27 @@ class Ledger:
                                          direction=direction))
         except sa.exc.IntegrityError:
             pass  # another worker inserted the same study first
+        try:
+            with Session(self.engine) as session, session.begin():
+                if session.get(LockRow, name) is None:
+                    session.add(LockRow(name=name))
+        except sa.exc.IntegrityError:
+            pass
+
+    @contextmanager
+    def budget_lock(self, study: str) -> Iterator[None]:
+        """Hold the study's lock row (SELECT ... FOR UPDATE) for the block.
+
+        Processes sharing a study take it to check the budget and ask for trials, so they
+        never ask for more than the budget together. SQLite has one process at a time.
+        """
+        if self.engine.dialect.name == "sqlite":
+            yield
+            return
+        with Session(self.engine) as session, session.begin():
+            session.execute(sa.select(LockRow.name).where(LockRow.name == study)
+                            .with_for_update())
+            yield
 
     def trial_started(self, study: str, number: int, config: RegConfig) -> None:
         with Session(self.engine) as session, session.begin():

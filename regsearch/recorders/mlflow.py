@@ -120,8 +120,7 @@ class MlflowWriter:
             metrics.append(Metric("value", record.value, stamp, 0))
         tags = {STATE: record.state, "regsearch.reason": record.reason or ""}
         self._log(run_id, metrics=metrics, tags=tags)
-        self.client.set_terminated(run_id, _STATUS.get(record.state, "FAILED"),
-                                   end_time=_ms(record.finished))
+        self.client.set_terminated(run_id, _status(record), end_time=_ms(record.finished))
         self._log(run_id, tags={DONE: "true"})
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
@@ -156,10 +155,18 @@ class MlflowWriter:
         for run in self._find(experiment_id, "attributes.status = 'RUNNING'"):
             number = run.data.tags.get(TRIAL)
             if number is not None and int(number) not in alive:
-                self.client.set_tag(run.info.run_id, STATE, "killed")
-                self.client.set_terminated(run.info.run_id, "KILLED")
+                self._kill(run.info.run_id)
                 closed.append(int(number))
         return closed
+
+    def kill_trial(self, experiment_id: str, number: int) -> None:
+        for run in self._find(experiment_id, f"tags.`{TRIAL}` = '{number}' and "
+                                             "attributes.status = 'RUNNING'"):
+            self._kill(run.info.run_id)
+
+    def _kill(self, run_id: str) -> None:
+        self.client.set_tag(run_id, STATE, "killed")
+        self.client.set_terminated(run_id, "KILLED")
 
     def end_parent(self, parent_id: str) -> None:
         self.client.set_terminated(parent_id, "FINISHED")
@@ -184,6 +191,16 @@ class MlflowWriter:
             self.client.log_batch(run_id, metrics=metrics[:_BATCH], params=param_list[:100],
                                   tags=tag_list[:100])
             metrics, param_list, tag_list = metrics[_BATCH:], param_list[100:], tag_list[100:]
+
+
+def _status(record: TrialRecord) -> str:
+    """MLflow's run status; a trial whose process was stopped or lost was KILLED."""
+    from regsearch.driver import DIED, INTERRUPTED, STOPPED
+
+    if record.state == "failed" and (record.reason or "").startswith((INTERRUPTED, STOPPED,
+                                                                       DIED)):
+        return "KILLED"
+    return _STATUS.get(record.state, "FAILED")
 
 
 def _problem(exc: BaseException) -> str:
@@ -261,6 +278,13 @@ class MlflowRecorder:
             if record.value is not None and record.state == "complete" and self._better(record):
                 self.writer.set_best(self.parent_id, record, self.metric)
         self._submit(finish)
+
+    def trials_killed(self, numbers: list[int]) -> None:
+        """Trials of a dead worker (failed by this process): their runs end KILLED."""
+        def kill() -> None:
+            for number in numbers:
+                self.writer.kill_trial(self.experiment_id, number)
+        self._submit(kill)
 
     def close(self) -> None:
         """Wait a bounded time for queued writes; what is left stays for `regsearch sync`."""

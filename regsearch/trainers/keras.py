@@ -52,7 +52,6 @@ class KerasTrainer:
     def __init__(self, spec: StudySpec, data: Dataset, *, metric: str, direction: str) -> None:
         self.spec, self.data = spec, data
         self.metric, self.direction = metric, direction
-        enable_determinism()
 
     def build(self, config: RegConfig) -> keras.Sequential:
         model = build_model(config, n_features=self.data.n_features,
@@ -69,6 +68,7 @@ class KerasTrainer:
     def train(self, config: RegConfig, *, seed: int, prune: PruneCheck,
               keep_model: bool = False) -> TrialOutcome:
         """Train one config; with `keep_model` the outcome carries the best-epoch model."""
+        enable_determinism()
         keras.utils.set_random_seed(seed)
         started = time.perf_counter()
         model = self.build(config)

@@ -31,7 +31,7 @@ from regsearch.space import RegConfig
 from regsearch.spec import StudySpec
 from regsearch.trainers.base import (FAILED, EpochMetrics, PruneCheck, StopRules,
                                      TrialOutcome)
-from regsearch.trainers.keras import KerasTrainer, enable_determinism
+from regsearch.trainers.keras import KerasTrainer
 
 SUPPORTED_OPTIMIZERS = ("adam", "sgd")
 CPU_PACK_CAP = 64
@@ -81,7 +81,10 @@ class MemberDropout(keras.layers.Layer):
         if not training:
             return inputs
         rate = ops.reshape(ops.cast(self.rate, inputs.dtype), (self.members, 1, 1))
-        noise = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator,
+        # One (1, B, units) draw shared by all members (common random numbers): each
+        # member's mask is still Bernoulli(its own rate) per unit, as standalone dropout,
+        # and drawing K times fewer numbers is most of a packed step's cost otherwise.
+        noise = keras.random.uniform((1, *ops.shape(inputs)[1:]), seed=self.seed_generator,
                                      dtype=inputs.dtype)
         return ops.where(ops.greater_equal(noise, rate), inputs / (1.0 - rate),
                          ops.zeros_like(inputs))
@@ -185,6 +188,29 @@ class PackedNet(keras.Model):
         return ops.sum(ops.where(keep, per_member, ops.zeros_like(per_member)))
 
 
+class MemberWrites:
+    """Rows of member-axis variables to write, applied one assignment per variable.
+
+    Starting a trial writes a row of some 30 variables; one device op per row costs ~2 ms
+    on TensorFlow, so a full pack would spend seconds starting. Rows are staged and
+    applied together before anything reads or trains.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple] = {}
+
+    def set(self, var, slot: int, value) -> None:  # noqa: ANN001 - a variable, a value
+        self._rows.setdefault(id(var), (var, {}))[1][slot] = np.asarray(value)
+
+    def apply(self) -> None:
+        for var, rows in self._rows.values():
+            full = np.array(keras.ops.convert_to_numpy(var))
+            for slot, value in rows.items():
+                full[slot] = value
+            var.assign(full)
+        self._rows.clear()
+
+
 # --------------------------------------------------------------------------- optimizers
 
 class _SlotMixin:
@@ -202,14 +228,10 @@ class _SlotMixin:
         self.slot_start = self.add_variable(shape=(self.members,), initializer="zeros",
                                             dtype="float32", name="slot_start")
 
-    def reset_slot(self, slot: int) -> None:
+    def reset_slot(self, slot: int, writes: MemberWrites) -> None:
         for var in self._slot_state():
-            value = np.array(keras.ops.convert_to_numpy(var))
-            value[slot] = 0
-            var.assign(value)
-        start = np.array(keras.ops.convert_to_numpy(self.slot_start))
-        start[slot] = float(keras.ops.convert_to_numpy(self.iterations))
-        self.slot_start.assign(start)
+            writes.set(var, slot, 0.0)
+        writes.set(self.slot_start, slot, float(keras.ops.convert_to_numpy(self.iterations)))
 
 
 class SlotAdam(_SlotMixin, keras.optimizers.Adam):
@@ -283,6 +305,19 @@ class _BatchHook(keras.callbacks.Callback):
         interrupts.check()
 
 
+def _xla_available() -> bool:
+    """XLA, unless TensorFlow's op determinism is on (Keras then refuses XLA, with a warning).
+
+    XLA's CPU and GPU kernels are deterministic for this model's ops, so the packed trainer
+    needs no switch of its own; the keras trainer's switch is process-wide, though.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    return not is_op_determinism_enabled()
+
+
 def _effective(config: RegConfig) -> tuple[float, float]:
     l1 = config.l1 if config.regularizer in ("l1", "l1_l2") else 0.0
     l2 = config.l2 if config.regularizer in ("l2", "l1_l2") else 0.0
@@ -303,21 +338,25 @@ class PackedTrainer:
         self.pack_size = int(pack_size)
         self.optimizer = make_optimizer(spec.train.optimizer, spec.train.learning_rate,
                                         self.pack_size)
-        enable_determinism()
         self.reference = KerasTrainer(spec, data, metric=metric, direction=direction)
         self.model = PackedNet(self.pack_size, data.n_features, spec.model.hidden_units,
                                data.output_units, spec.model.activation, data.task,
                                seed=spec.seed)
         self.loss_metric = MemberDataLoss(self.pack_size, data.task)
-        # TensorFlow: no XLA, as the keras trainer; JAX: jit, or every batch is retraced.
+        # One compiled call per epoch (steps_per_execution) and XLA: a packed step is small
+        # and its elementwise work (Adam, penalties, dropout) is worth fusing.
+        steps = max(1, -(-len(data.x_train) // spec.train.batch_size))
         self.model.compile(optimizer=self.optimizer, metrics=[self.loss_metric],
-                           jit_compile=keras.backend.backend() == "jax")
+                           jit_compile=_xla_available(), steps_per_execution=steps)
         self.optimizer.build(self.model.trainable_variables)
         self.rng = np.random.default_rng(spec.seed)
         self.last_order: np.ndarray | None = None
         self.slots: dict[int, _Slot] = {}
+        self.writes = MemberWrites()
         self._hook = _BatchHook()
         self._x_train = np.asarray(data.x_train, np.float32)
+        self._y_train = np.asarray(data.y_train)
+        self._tf_feed: _TensorFlowFeed | None = None
 
     # ------------------------------------------------------------------ slots
 
@@ -346,12 +385,12 @@ class PackedTrainer:
             weights.append(np.zeros((fan_out,), np.float32))
         self.set_member_weights(slot, weights)
         l1, l2 = _effective(config)
-        self._set_entry(self.model.l1, slot, l1)
-        self._set_entry(self.model.l2, slot, l2)
+        self.writes.set(self.model.l1, slot, l1)
+        self.writes.set(self.model.l2, slot, l2)
         for drop in self.model.drops:
-            self._set_entry(drop.rate, slot, config.dropout)
-        self._set_entry(self.model.active, slot, 1.0)
-        self.optimizer.reset_slot(slot)
+            self.writes.set(drop.rate, slot, config.dropout)
+        self.writes.set(self.model.active, slot, 1.0)
+        self.optimizer.reset_slot(slot, self.writes)
         self.slots[slot] = _Slot(config, StopRules(self.direction, self.spec.train.early_stopping),
                                  prune, keep_model)
         return slot
@@ -362,11 +401,10 @@ class PackedTrainer:
         if len(weights) != len(variables):
             raise ValueError(f"expected {len(variables)} arrays, got {len(weights)}")
         for var, value in zip(variables, weights):
-            full = np.array(keras.ops.convert_to_numpy(var))
-            full[slot] = np.asarray(value, np.float32).reshape(full.shape[1:])
-            var.assign(full)
+            self.writes.set(var, slot, np.asarray(value, np.float32).reshape(var.shape[1:]))
 
     def member_weights(self, slot: int) -> list[np.ndarray]:
+        self.writes.apply()
         return [np.array(keras.ops.convert_to_numpy(v)[slot]) for v in self._variables()]
 
     # ------------------------------------------------------------------ training
@@ -388,12 +426,11 @@ class PackedTrainer:
         if not self.slots:
             return {}
         started = time.perf_counter()
+        self.writes.apply()
         n = len(self._x_train)
         order = self.rng.permutation(n) if order is None else np.asarray(order)
         self.last_order = order
-        self.model.fit(self._x_train[order], self.data.y_train[order],
-                       batch_size=self.spec.train.batch_size, epochs=1, shuffle=False,
-                       verbose=0, callbacks=[self._hook])
+        self.model.fit(**self._feed(order), epochs=1, verbose=0, callbacks=[self._hook])
         train_loss = np.asarray(keras.ops.convert_to_numpy(self.loss_metric.result()))
         val_out = self._outputs(self.data.x_val)
         hidden = [np.asarray(keras.ops.convert_to_numpy(layer.kernel))
@@ -422,6 +459,21 @@ class PackedTrainer:
                 finished[k] = self._finish(k)
         return finished
 
+    def _feed(self, order: np.ndarray) -> dict:
+        """`fit` arguments for one epoch of batches in `order`, as each backend takes them best.
+
+        For TensorFlow, one `tf.data` pipeline over two variables is built once and each
+        epoch's shuffled rows are assigned to them: `fit` on NumPy arrays would build and
+        trace a new pipeline every epoch, a third of a packed epoch's time. Other backends
+        iterate NumPy arrays without such a cost.
+        """
+        x, y = self._x_train[order], self._y_train[order]
+        if keras.backend.backend() != "tensorflow":
+            return {"x": x, "y": y, "batch_size": self.spec.train.batch_size, "shuffle": False}
+        if self._tf_feed is None:
+            self._tf_feed = _TensorFlowFeed(x, y, self.spec.train.batch_size)
+        return {"x": self._tf_feed.epoch(x, y), "shuffle": False}
+
     def _finish(self, k: int) -> TrialOutcome:
         slot = self.slots[k]
         outcome = slot.rules.outcome(slot.seconds)
@@ -435,7 +487,7 @@ class PackedTrainer:
                                                      self.data.y_test)[1]
             if slot.keep_model:
                 outcome.model = self.export(k)
-        self._set_entry(self.model.active, k, 0.0)
+        self.writes.set(self.model.active, k, 0.0)
         del self.slots[k]
         return outcome
 
@@ -455,11 +507,12 @@ class PackedTrainer:
 
     def _outputs(self, x: np.ndarray) -> np.ndarray:
         """(K, N, out) probabilities / values for all members, dropout off."""
+        self.writes.apply()
         x = np.asarray(x, np.float32)
         activation = OUTPUT_ACTIVATION[self.data.task]
         parts = []
         for i in range(0, len(x), _PREDICT_CHUNK):
-            out = self.model(x[i:i + _PREDICT_CHUNK], training=False)
+            out = self.model.predict_on_batch(x[i:i + _PREDICT_CHUNK])  # compiled call
             if activation == "softmax":
                 out = ops.softmax(out, axis=-1)
             elif activation == "sigmoid":
@@ -479,11 +532,27 @@ class PackedTrainer:
     def _variables(self) -> list:
         return [v for layer in self.model.dense_layers for v in (layer.kernel, layer.bias)]
 
-    @staticmethod
-    def _set_entry(var, slot: int, value: float) -> None:
-        full = np.array(keras.ops.convert_to_numpy(var))
-        full[slot] = value
-        var.assign(full)
+
+
+class _TensorFlowFeed:
+    """A `tf.data` pipeline, built once, that batches whatever rows were assigned last."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+        import tensorflow as tf
+
+        self.x, self.y = tf.Variable(x, trainable=False), tf.Variable(y, trainable=False)
+        n = len(x)
+
+        def batch(i):  # noqa: ANN001, ANN202 - tf.data's tensors
+            rows = tf.range(i * batch_size, tf.minimum((i + 1) * batch_size, n))
+            return tf.gather(self.x, rows), tf.gather(self.y, rows)
+
+        self.dataset = tf.data.Dataset.range(-(-n // batch_size)).map(batch)
+
+    def epoch(self, x: np.ndarray, y: np.ndarray):  # noqa: ANN201 - a tf.data.Dataset
+        self.x.assign(x)
+        self.y.assign(y)
+        return self.dataset
 
 
 # --------------------------------------------------------------------------- pack size

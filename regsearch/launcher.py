@@ -1,0 +1,149 @@
+"""`regsearch run --workers N | --gpus LIST`: one machine, several worker processes.
+
+The launcher creates everything once (schemas, study, MLflow experiment) so that workers
+starting together never race to create them, then starts `regsearch worker` processes and
+shows the study's progress, read from the database they share. The storage URL reaches the
+workers through the environment (`REGSEARCH_STORAGE`), never a command line `ps` shows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from regsearch import driver
+from regsearch.errors import SpecError, StorageError
+from regsearch.spec import StudySpec, is_better
+from regsearch.storage import is_sqlite, mask_url
+
+POLL_SECONDS = 2.0
+STOP_GRACE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which processes to start: one per GPU, or N on the CPU."""
+
+    gpus: tuple[str, ...] = ()
+    cpu_workers: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.gpus) or self.cpu_workers
+
+    def environment(self, index: int) -> dict[str, str]:
+        """A worker's environment: its GPU (memory growth on), or a share of the cores."""
+        env = dict(os.environ)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[index]
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+            return env
+        threads = str(max(1, (os.cpu_count() or 1) // self.count))
+        env.update(CUDA_VISIBLE_DEVICES="-1", TF_NUM_INTRAOP_THREADS=threads,
+                   OMP_NUM_THREADS=threads)
+        return env
+
+
+def plan(workers: int | None, gpus: str | None) -> Plan:
+    if gpus is None:
+        return Plan(cpu_workers=workers or 1)
+    found = _visible_gpus() if gpus == "all" else tuple(g.strip() for g in gpus.split(","))
+    if not found or not all(g.isdigit() for g in found):
+        raise SpecError("--gpus", "gpus", f"expected 'all' or GPU indices such as 0,2,3, got "
+                        f"{gpus!r}" if found else "no GPU found (nvidia-smi -L lists none); "
+                        "use --workers N for CPU workers")
+    if workers is not None and workers != len(found):
+        raise SpecError("--workers", "workers", f"{workers} workers for {len(found)} GPUs: "
+                        "there is one worker per GPU; leave out --workers")
+    return Plan(gpus=found)
+
+
+def _visible_gpus() -> tuple[str, ...]:
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU"))
+
+
+def launch(study_file: str, spec: StudySpec, workers: Plan, *, storage: str | None,
+           mlflow: str | None, trials: int | None, timeout: float | None) -> int:
+    """Prepare the study once, run the workers, report; the exit code of the worst worker."""
+    url = storage or spec.storage
+    if is_sqlite(url) and workers.count > 1:
+        raise StorageError(f"storage {mask_url(url)}: SQLite holds one writing process at a "
+                           f"time, and {workers.count} workers were asked for; pass a server "
+                           "database, e.g. --storage postgresql+psycopg://user@host/db "
+                           "(see the README, 'Launching on a GPU box')")
+    run = driver.open_run(spec, n_trials=trials, timeout=timeout, storage=url, mlflow=mlflow)
+    driver.prepare(run)
+    command = [sys.executable, "-m", "regsearch", "worker", study_file]
+    command += ["--trials", str(run.budget)]
+    command += ["--timeout", str(timeout)] if timeout else []
+    env_extra = {"REGSEARCH_STORAGE": url, **({"REGSEARCH_MLFLOW": mlflow} if mlflow else {})}
+    procs = [subprocess.Popen(command, env={**workers.environment(i), **env_extra})
+             for i in range(workers.count)]
+    where = f"GPUs {', '.join(workers.gpus)}" if workers.gpus else "the CPU"
+    print(f"regsearch: {workers.count} workers on {where}; study {spec.name}, budget "
+          f"{run.budget} trials, storage {mask_url(url)}", file=sys.stderr, flush=True)
+    return _supervise(run, procs)
+
+
+def _supervise(run: driver.StudyRun, procs: list[subprocess.Popen]) -> int:
+    """Report progress until every worker exits; pass Ctrl-C / SIGTERM on as SIGTERM."""
+    stopping: list[float] = []
+
+    def stop(_signum: int, _frame: object) -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    shown = None
+    try:
+        while any(proc.poll() is None for proc in procs):
+            time.sleep(POLL_SECONDS)
+            if stopping and time.monotonic() - stopping[0] > STOP_GRACE_SECONDS:
+                for proc in procs:
+                    proc.kill()
+            shown = _report(run, shown)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _report(run, shown)
+    codes = [proc.returncode for proc in procs]
+    failed = [(i, code) for i, code in enumerate(codes) if code != 0]
+    if stopping:
+        print("regsearch: stopped; running trials were re-queued; run the same command to "
+              "continue", file=sys.stderr)
+        return 130
+    for index, code in failed:
+        print(f"regsearch: worker {index} exited with code {code} (its messages are above)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _report(run: driver.StudyRun, shown: tuple | None) -> tuple | None:
+    """One line whenever the number of finished trials or the best value changes."""
+    try:
+        trials = run.study.get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - the workers say what is wrong with the database
+        return shown
+    best = None
+    for trial in trials:
+        if trial.value is not None and trial.state.name == "COMPLETE":
+            if best is None or is_better(run.objective.direction, trial.value, best[0]):
+                best = (trial.value, trial.number)
+    state = (driver.count_done(trials), best)
+    if state != shown:
+        text = f", best {run.objective.metric}={best[0]:.4f} (#{best[1]})" if best else ""
+        print(f"regsearch: {state[0]} of {run.budget} trials done{text}", file=sys.stderr,
+              flush=True)
+    return state

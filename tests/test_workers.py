@@ -1,0 +1,266 @@
+"""Many worker processes on one study: PostgreSQL and MariaDB, budgets, deaths, SIGTERM.
+
+Every test makes fresh databases on the real servers (a study's and MLflow's), starts real
+`regsearch` processes and reads back the Optuna storage, the ledger and MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from regsearch.driver import DIED, STOPPED, UNCOUNTED
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+SERVERS = {"postgresql": "REGSEARCH_TEST_POSTGRES_URL", "mysql": "REGSEARCH_TEST_MYSQL_URL"}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+TIMEOUT = 600
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def _server(kind: str) -> sa.URL:
+    url = os.environ.get(SERVERS[kind])
+    if not url:
+        pytest.skip(f"{SERVERS[kind]} is not set")
+    return sa.make_url(url)
+
+
+class FreshDatabases:
+    """Empty databases made on a server for one test, dropped afterwards."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[sa.URL, str]] = []
+
+    def __call__(self, kind: str) -> str:
+        admin = _server(kind)
+        name = f"rs_{uuid.uuid4().hex[:10]}"
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        engine.dispose()
+        self.made.append((admin, name))
+        return admin.set(database=name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        for admin, name in self.made:
+            engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+            force = " WITH (FORCE)" if admin.get_backend_name() == "postgresql" else ""
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+            engine.dispose()
+
+
+@pytest.fixture
+def fresh_db() -> Iterator[FreshDatabases]:
+    made = FreshDatabases()
+    try:
+        yield made
+    finally:
+        made.drop()
+
+
+def write_study(folder: Path, name: str, *, trials: int, epochs: int = 3,
+                trainer: str | None = None, **workers: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": name, "seed": 5, "data": {"builtin": "digits"},
+        "model": {"hidden_units": [16]},
+        "train": {"epochs": epochs, "batch_size": 128, "learning_rate": 0.01},
+        "search": {"n_trials": trials, "pruner": "none"},
+        "workers": {"heartbeat_interval": 1, "grace_period": 4, **workers},
+    }
+    if trainer:
+        spec["trainer"] = trainer
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def regsearch(folder: Path, *args: Any, storage: str, mlflow: str,
+              wait: bool = True, **popen: Any) -> Any:
+    env = {**ENV, "REGSEARCH_STORAGE": storage, "REGSEARCH_MLFLOW": mlflow}
+    command = [sys.executable, "-m", "regsearch", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def trials_of(url: str, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=True)
+
+
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get(UNCOUNTED)]
+
+
+def ledger_rows(url: str, name: str) -> dict[int, tuple[str, str | None]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT t.number, t.state, t.reason FROM regsearch_trials t JOIN "
+                "regsearch_studies s ON s.id = t.study_id WHERE s.name = :n"), {"n": name})
+            return {number: (state, reason) for number, state, reason in rows}
+    finally:
+        engine.dispose()
+
+
+def mlflow_trials(tracking_uri: str, name: str) -> dict[int, list[str]]:
+    """Trial number -> statuses of its MLflow runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`regsearch.role` = 'trial'",
+                              max_results=1000)
+    out: dict[int, list[str]] = {}
+    for run in runs:
+        out.setdefault(int(run.data.tags["regsearch.trial"]), []).append(run.info.status)
+    return out
+
+
+def wait_for_running(url: str, name: str, timeout: float = 240) -> FrozenTrial:
+    """The first trial seen RUNNING with its parameters chosen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = [t for t in trials_of(url, name)
+                       if t.state == TrialState.RUNNING and t.params]
+        except KeyError:
+            running = []
+        if running:
+            return running[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no trial of {name} started within {timeout}s")
+
+
+def check_agreement(url: str, mlflow: str, name: str, budget: int) -> list[FrozenTrial]:
+    """Exactly `budget` trials spent budget, all complete; ledger and MLflow agree."""
+    trials = trials_of(url, name)
+    done = counted(trials)
+    assert len(done) == budget, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in done)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    ledger = ledger_rows(url, name)
+    assert sorted(ledger) == sorted(t.number for t in trials)
+    for trial in trials:
+        expected = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed"}[trial.state]
+        assert ledger[trial.number][0] == expected, (trial.number, ledger[trial.number])
+    runs = mlflow_trials(mlflow, name)
+    for trial in done:
+        assert runs.get(trial.number) == ["FINISHED"], (trial.number, runs.get(trial.number))
+    return trials
+
+
+# --------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("kind,trainer", [("postgresql", None), ("mysql", "keras")])
+def test_four_workers_spend_exactly_the_budget(tmp_path, fresh_db, kind, trainer) -> None:
+    storage, mlflow = fresh_db(kind), fresh_db("postgresql")
+    study = write_study(tmp_path, "four", trials=10, trainer=trainer)
+    proc = regsearch(tmp_path, "run", study.name, "--workers", 4, storage=storage,
+                     mlflow=mlflow)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 workers on the CPU" in proc.stderr
+    assert "10 of 10 trials done" in proc.stderr
+    trials = check_agreement(storage, mlflow, "four", 10)
+    assert len(trials) == 10  # none extra: the budget lock kept every worker within it
+
+
+def test_eight_workers_at_once_on_a_fresh_database(tmp_path, fresh_db) -> None:
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "eight", trials=8, epochs=1, trainer="keras")
+    proc = regsearch(tmp_path, "run", study.name, "--workers", 8, storage=storage,
+                     mlflow=mlflow)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "worker" not in proc.stderr.split("trials done")[-1] or "exited" not in proc.stderr
+    check_agreement(storage, mlflow, "eight", 8)
+
+
+def test_workers_need_an_existing_study_and_sqlite_takes_one_process(tmp_path,
+                                                                     fresh_db) -> None:
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "lonely", trials=2)
+    proc = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "regsearch init" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    sqlite = f"sqlite:///{tmp_path / 's.db'}"
+    proc = regsearch(tmp_path, "run", study.name, "--workers", 2, storage=sqlite,
+                     mlflow=mlflow)
+    assert proc.returncode == 2 and "postgresql" in proc.stderr, proc.stderr
+    assert not (tmp_path / "s.db").exists()  # refused before anything was written
+
+
+def test_a_killed_workers_trial_is_failed_rerun_and_its_mlflow_run_killed(tmp_path,
+                                                                         fresh_db) -> None:
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "killed", trials=3, epochs=60, trainer="keras")
+    assert regsearch(tmp_path, "init", study.name, storage=storage,
+                     mlflow=mlflow).returncode == 0
+    doomed = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow,
+                       wait=False)
+    victim = wait_for_running(storage, "killed")
+    time.sleep(2)
+    doomed.kill()
+    doomed.wait()
+    survivor = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow)
+    assert survivor.returncode == 0, survivor.stdout + survivor.stderr
+    trials = check_agreement(storage, mlflow, "killed", 3)
+    dead = next(t for t in trials if t.number == victim.number)
+    assert dead.state == TrialState.FAIL and dead.user_attrs.get(UNCOUNTED)
+    assert dead.user_attrs["fail_reason"].startswith(DIED)
+    rerun = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(rerun) == 1 and rerun[0].params == victim.params
+    assert rerun[0].state == TrialState.COMPLETE
+    assert ledger_rows(storage, "killed")[victim.number][0] == "failed"
+    assert mlflow_trials(mlflow, "killed")[victim.number] == ["KILLED"]
+
+
+def test_sigterm_ends_a_worker_in_its_grace_period_and_requeues_its_trial(tmp_path,
+                                                                         fresh_db) -> None:
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "stopped", trials=2, epochs=60)  # packed: a pack of 1
+    assert regsearch(tmp_path, "init", study.name, storage=storage,
+                     mlflow=mlflow).returncode == 0
+    worker = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow,
+                       wait=False)
+    victim = wait_for_running(storage, "stopped")
+    time.sleep(2)
+    worker.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    output, _ = worker.communicate(timeout=60)
+    assert time.monotonic() - started < 30, output
+    assert worker.returncode == 143, output
+    assert "re-queued" in output and "Traceback" not in output, output
+    trials = trials_of(storage, "stopped")
+    stopped = next(t for t in trials if t.number == victim.number)
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs.get(UNCOUNTED)
+    assert stopped.user_attrs["fail_reason"] == STOPPED
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == victim.params
+    assert ledger_rows(storage, "stopped")[victim.number] == ("failed", STOPPED)
+    assert mlflow_trials(mlflow, "stopped")[victim.number] == ["KILLED"]
+    # A new worker runs the re-queued trial first and finishes the study.
+    again = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = check_agreement(storage, mlflow, "stopped", 2)
+    assert [t.params for t in trials if t.system_attrs.get("failed_trial") == victim.number] \
+        == [victim.params]
