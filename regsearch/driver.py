@@ -108,7 +108,6 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
     url = storage or spec.storage
     heartbeat = None if is_sqlite(url) else (spec.workers.heartbeat_interval,
                                              spec.workers.grace_period)
-    hold_sqlite(url)
     rdb = open_storage(url, heartbeat=heartbeat)
     grid = space.grid(spec.space, spec.search.grid_size) if spec.search.sampler == "grid" else []
     if join:
@@ -216,7 +215,7 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
     loop = _run_packed if hasattr(trainer, "run_epoch") else _run_one_by_one
     heartbeat = Heartbeat(run) if run.shared else None
     try:
-        with interrupts.deferred_sigint():
+        with hold_sqlite(run.storage_url), interrupts.deferred_sigint():
             return loop(run, trainer, listeners, deadline, heartbeat,
                         max_trials if max_trials is not None else float("inf"))
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import fcntl
 import re
 from pathlib import Path
-from typing import TextIO
+from contextlib import contextmanager
+from typing import Iterator
 
 import optuna
 import sqlalchemy
@@ -69,17 +70,16 @@ def require_existing(url: str) -> None:
                            "--storage with the URL it was run with")
 
 
-_HELD: dict[str, TextIO] = {}
-
-
-def hold_sqlite(url: str) -> None:
-    """Hold an exclusive lock on a SQLite study for the rest of this process's life.
+@contextmanager
+def hold_sqlite(url: str) -> Iterator[None]:
+    """An exclusive lock on a SQLite study while this process runs trials of it.
 
     SQLite serves one writing process well; a second `run` or worker on the same file would
     interleave trials and fail on locks, so it is refused at once with what to do instead.
     """
     database = _sqlite_file(url)
-    if database is None or str(database.resolve()) in _HELD:
+    if database is None:
+        yield
         return
     _make_folder(database, url)
     handle = open(f"{database}.lock", "w")  # noqa: SIM115 - held until the process ends
@@ -91,7 +91,10 @@ def hold_sqlite(url: str) -> None:
                            "study, and SQLite holds one process at a time; wait for it, or "
                            "share the study between processes through a server database "
                            "(--storage postgresql+psycopg://user@host/db)") from None
-    _HELD[str(database.resolve())] = handle
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def is_sqlite(url: str) -> bool:

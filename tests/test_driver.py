@@ -91,7 +91,7 @@ def test_diverging_trial_is_failed_with_reason_and_study_goes_on(make_spec) -> N
 
 
 def test_interrupted_trial_is_failed_and_does_not_spend_budget(make_spec) -> None:
-    spec = make_spec()
+    spec = make_spec(trainer="keras")  # wraps `train`, the one-by-one trainer's call
     study_run = driver.open_run(spec)
 
     class InterruptSecond:
