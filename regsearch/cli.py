@@ -94,7 +94,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         print("regsearch: worker stopped; its running trials were re-queued", file=sys.stderr)
         return EXIT_STOPPED
     progress.close()
-    if recycle:  # a fresh process: memory held by TensorFlow and Python goes back
+    if recycle and run.done < run.budget:  # a fresh process: memory held by TF goes back
         print(f"regsearch: worker recycled after {spec.workers.recycle_after} trials",
               file=sys.stderr, flush=True)
         os.execv(sys.executable, [sys.executable, "-m", "regsearch", *sys.argv[1:]])
@@ -106,7 +106,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_sync(args: argparse.Namespace) -> int:
     from regsearch.recorders.mlflow import sync_study
 
-    written, kept = sync_study(args.name, args.storage, args.mlflow)
+    where = _where(args)
+    written, kept = sync_study(args.name, where["storage"] or DEFAULT_STORAGE,
+                               where["mlflow"] or DEFAULT_TRACKING_URI)
     print(f"synced {args.name}: {written} trial runs written to MLflow, {kept} already there")
     return 0
 
@@ -136,7 +138,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def _cmd_best(args: argparse.Namespace) -> int:
     from regsearch import report
 
-    study = report.load_study(args.name, args.storage)  # read-only: never creates a database
+    # Read-only: never creates a database.
+    study = report.load_study(args.name, _where(args)["storage"] or DEFAULT_STORAGE)
     print(report.render(report.summarize(study, top=args.top), args.format))
     return 0
 
@@ -183,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", parents=[common],
                                help="write trials MLflow is missing from the ledger")
     sync.add_argument("name", help="study name")
-    sync.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
-    sync.add_argument("--mlflow", metavar="URI", default=DEFAULT_TRACKING_URI,
-                      help=f"default {DEFAULT_TRACKING_URI}")
+    sync.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
+    sync.add_argument("--mlflow", metavar="URI",
+                      help=f"default $REGSEARCH_MLFLOW, else {DEFAULT_TRACKING_URI}")
     sync.set_defaults(handler=_cmd_sync)
 
     ui = commands.add_parser("ui", parents=[common], help="serve the MLflow UI for the studies")
@@ -202,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     best = commands.add_parser("best", parents=[common], help="show a study's best config")
     best.add_argument("name", help="study name (the `name:` of its study file)")
-    best.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    best.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
+    best.set_defaults(mlflow=None)
     best.add_argument("--format", choices=FORMATS, default="table")
     best.add_argument("--top", type=_positive_int, default=5, help="rows in the leaderboard")
     best.set_defaults(handler=_cmd_best)

@@ -7,6 +7,7 @@ check; listeners (progress display, recorders) see configs, epochs and outcomes.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -14,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from regsearch import interrupts, space
 from regsearch.data import Dataset, load_dataset
-from regsearch.errors import SpecError, StudyMismatchError
+from regsearch.errors import SpecError, StorageError, StudyMismatchError
 from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
-from regsearch.storage import hold_sqlite, is_sqlite, mask_url, open_storage
+from regsearch.storage import first_line, hold_sqlite, is_sqlite, mask_url, open_storage
 from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
                                      TrialOutcome)
 
@@ -33,10 +35,15 @@ STOPPED = "its worker was stopped (SIGTERM); re-queued"
 ABANDONED = "its process ended while the trial was running"
 DIED = "its worker stopped sending heartbeats (killed or lost)"
 UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
+#: What a lost or unreachable database raises through SQLAlchemy and Optuna.
+DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                   optuna.exceptions.StorageInternalError)
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 optuna.logging.set_verbosity(logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# The driver keeps heartbeats itself (`Heartbeat`), with ask/tell rather than optimize.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 class Listener(Protocol):
@@ -112,7 +119,7 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
     grid = space.grid(spec.space, spec.search.grid_size) if spec.search.sampler == "grid" else []
     if join:
         _require_study(spec, rdb, url)
-    study = _open_study(spec, objective, rdb, grid)
+    study = _open_study(spec, objective, rdb, grid, shared=not is_sqlite(url))
     ledger = Ledger(url)
     ledger.open_study(name=spec.name, spec_hash=spec.spec_hash, spec=spec.to_dict(),
                       description=data.description, metric=objective.metric,
@@ -218,6 +225,12 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
         with hold_sqlite(run.storage_url), interrupts.deferred_sigint():
             return loop(run, trainer, listeners, deadline, heartbeat,
                         max_trials if max_trials is not None else float("inf"))
+    except DATABASE_ERRORS as exc:
+        raise StorageError(
+            f"lost the database at {mask_url(run.storage_url)} "
+            f"({mask_url(first_line(exc.__cause__ or exc))}); every trial recorded before is kept, and the "
+            "trials that were running are failed (and re-queued) when the study is next "
+            "opened; run the same command again once the database is back") from None
     finally:
         if heartbeat is not None:
             heartbeat.stop()
@@ -396,22 +409,37 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
     stopped = isinstance(exc, interrupts.Stopped)
     reason = STOPPED if stopped else INTERRUPTED if interrupted else f"error: {exc!r}"
     for trial in running:
-        _tell(run, trial, TrialOutcome(state=FAILED, reason=reason),
-              listeners if trial.config else [], heartbeat, uncounted=interrupted)
-        if stopped and trial.config is not None:
-            requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id),
-                    run.spec.workers.max_retries)
+        try:
+            _tell(run, trial, TrialOutcome(state=FAILED, reason=reason),
+                  listeners if trial.config else [], heartbeat, uncounted=interrupted)
+            if stopped and trial.config is not None:
+                requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id),
+                        run.spec.workers.max_retries)
+        except DATABASE_ERRORS:
+            # The database is gone: the trial stays RUNNING there, and the next process
+            # to open the study fails it (SQLite) or its missing heartbeat does (servers).
+            if isinstance(exc, DATABASE_ERRORS):
+                return
+            raise
 
 
 def _tell(run: StudyRun, running: _Running, outcome: TrialOutcome,
           listeners: Sequence[Listener], heartbeat: Heartbeat | None = None, *,
           uncounted: bool = False) -> None:
     attrs = trial_attrs(outcome) | ({UNCOUNTED: True} if uncounted else {})
-    write_trial_details(run.study, running.trial._trial_id, attrs, running.unreported)
-    value = outcome.value if outcome.state == COMPLETE else None
-    run.study.tell(running.trial, value, state=_STATES[outcome.state])
     if heartbeat is not None:
         heartbeat.remove(running.trial._trial_id)
+    try:
+        write_trial_details(run.study, running.trial._trial_id, attrs, running.unreported)
+        value = outcome.value if outcome.state == COMPLETE else None
+        run.study.tell(running.trial, value, state=_STATES[outcome.state])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another process found no heartbeat for this trial within the grace period and
+        # failed and re-queued it (its records say so); this result is dropped.
+        print(f"regsearch: warning: trial {running.trial.number} was declared dead by "
+              "another worker (no heartbeat within workers.grace_period; raise it if workers "
+              "are this busy); its re-queued copy runs instead", file=sys.stderr, flush=True)
+        return
     for listener in listeners:
         listener.trial_ended(running.trial.number, running.config, outcome)
 
@@ -519,7 +547,7 @@ def _make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.BaseStorage,
-                grid: list[RegConfig]) -> optuna.Study:
+                grid: list[RegConfig], *, shared: bool = False) -> optuna.Study:
     """Reopen a study only if it was made from the same spec; never mix results silently."""
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage,
                                                                         include_best_trial=False)}
@@ -531,7 +559,8 @@ def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.
     # the first run's random start-up trials.
     study = optuna.create_study(study_name=spec.name, storage=storage,
                                 direction=objective.direction, load_if_exists=True,
-                                sampler=_make_sampler(spec, spec.seed + n_before),
+                                sampler=_make_sampler(spec, _sampler_seed(spec, n_before,
+                                                                          shared)),
                                 pruner=_make_pruner(spec))
     if previous is None:
         study.set_user_attr(SPEC_ATTR, spec.identity())
@@ -540,6 +569,15 @@ def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.
         for point in grid:
             study.enqueue_trial(point.params(), skip_if_exists=True)
     return study
+
+
+def _sampler_seed(spec: StudySpec, n_before: int, shared: bool) -> int:
+    """The study seed, moved on by the history length; a process of a shared study adds
+    randomness of its own: workers starting together see the same history and would
+    otherwise all propose the same points (seen: 8 workers, 8 identical trials)."""
+    import secrets
+
+    return spec.seed + n_before + (secrets.randbits(30) if shared else 0)
 
 
 def _check_same_spec(spec: StudySpec, attrs: dict[str, Any], storage: Any) -> None:

@@ -51,7 +51,7 @@ def open_storage(url: str, *, must_exist: bool = False,
         raise StorageError(f"storage {mask_url(url)}: the database driver {exc.name!r} is not "
                            f"installed; install it with: pip install 'regsearch[{extra}]'") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_first_line(exc)}; check that "
+        raise StorageError(f"cannot open storage {mask_url(url)}: {first_line(exc)}; check that "
                            "the database server is running and the URL is right") from None
 
 
@@ -136,6 +136,6 @@ def _make_folder(database: Path, url: str) -> None:
                            f"{database.parent}: {exc.strerror}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

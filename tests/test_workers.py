@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -169,12 +171,70 @@ def check_agreement(url: str, mlflow: str, name: str, budget: int) -> list[Froze
     return trials
 
 
+class Relay:
+    """A TCP relay in front of the real database server that can be cut and restored, so
+    that the database goes away for a study's processes without touching the server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Refuse new connections and break every open one."""
+        try:  # shutdown wakes the thread blocked in accept(); close alone would not
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+
 # --------------------------------------------------------------------------- tests
 
 @pytest.mark.parametrize("kind,trainer", [("postgresql", None), ("mysql", "keras")])
 def test_four_workers_spend_exactly_the_budget(tmp_path, fresh_db, kind, trainer) -> None:
     storage, mlflow = fresh_db(kind), fresh_db("postgresql")
-    study = write_study(tmp_path, "four", trials=10, trainer=trainer)
+    # A long grace period: 4 workers on 2 cores are slow, never dead.
+    study = write_study(tmp_path, "four", trials=10, trainer=trainer, heartbeat_interval=2,
+                        grace_period=120)
     proc = regsearch(tmp_path, "run", study.name, "--workers", 4, storage=storage,
                      mlflow=mlflow)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -186,12 +246,15 @@ def test_four_workers_spend_exactly_the_budget(tmp_path, fresh_db, kind, trainer
 
 def test_eight_workers_at_once_on_a_fresh_database(tmp_path, fresh_db) -> None:
     storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
-    study = write_study(tmp_path, "eight", trials=8, epochs=1, trainer="keras")
+    study = write_study(tmp_path, "eight", trials=8, epochs=1, trainer="keras",
+                        heartbeat_interval=2, grace_period=120)
     proc = regsearch(tmp_path, "run", study.name, "--workers", 8, storage=storage,
                      mlflow=mlflow)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "worker" not in proc.stderr.split("trials done")[-1] or "exited" not in proc.stderr
-    check_agreement(storage, mlflow, "eight", 8)
+    assert "exited with code" not in proc.stderr and "error" not in proc.stderr, proc.stderr
+    trials = check_agreement(storage, mlflow, "eight", 8)
+    # Workers that start together must not all propose the same point.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) > 1
 
 
 def test_workers_need_an_existing_study_and_sqlite_takes_one_process(tmp_path,
@@ -264,3 +327,56 @@ def test_sigterm_ends_a_worker_in_its_grace_period_and_requeues_its_trial(tmp_pa
     trials = check_agreement(storage, mlflow, "stopped", 2)
     assert [t.params for t in trials if t.system_attrs.get("failed_trial") == victim.number] \
         == [victim.params]
+
+
+def test_database_going_away_fails_clearly_loses_nothing_and_run_continues(tmp_path,
+                                                                          fresh_db) -> None:
+    direct, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    url = sa.make_url(direct)
+    relay = Relay(url.host or "127.0.0.1", url.port or 5432)
+    through = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    study = write_study(tmp_path, "away", trials=4, epochs=25, trainer="keras")
+    proc = regsearch(tmp_path, "run", study.name, storage=through, mlflow=mlflow, wait=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            finished = counted(trials_of(direct, "away"))
+        except KeyError:
+            finished = []
+        if finished:
+            break
+        time.sleep(0.3)
+    before = {t.number: (t.state, t.value, t.params) for t in counted(trials_of(direct, "away"))}
+    assert before, "no trial finished before the cut"
+    relay.cut()
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 2, output
+    assert "lost the database" in output and "run the same command again" in output, output
+    assert "Traceback" not in output, output
+    # Nothing recorded is lost or changed: read the database directly.
+    after = {t.number: (t.state, t.value, t.params) for t in trials_of(direct, "away")}
+    assert all(after[n] == before[n] for n in before), (before, after)
+    ledger = ledger_rows(direct, "away")
+    assert all(ledger[n][0] == "complete" for n in before), ledger
+    relay.restore()
+    again = regsearch(tmp_path, "run", study.name, storage=through, mlflow=mlflow)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = check_agreement(direct, mlflow, "away", 4)
+    assert all({t.number: (t.state, t.value, t.params) for t in trials}[n] == before[n]
+               for n in before)
+
+
+def test_a_worker_recycles_its_process_after_its_quota(tmp_path, fresh_db) -> None:
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "recycled", trials=3, epochs=2, trainer="keras",
+                        recycle_after=1)
+    assert regsearch(tmp_path, "init", study.name, storage=storage,
+                     mlflow=mlflow).returncode == 0
+    worker = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow,
+                       wait=False)
+    output, _ = worker.communicate(timeout=TIMEOUT)
+    assert worker.returncode == 0, output
+    # Trials 0 and 1 each end a process; the third process ends with the budget.
+    assert output.count("worker recycled after 1 trials") == 2, output
+    assert "worker done: the study has 3 of 3 trials" in output, output
+    check_agreement(storage, mlflow, "recycled", 3)
