@@ -38,6 +38,8 @@ class Plan:
     def environment(self, index: int) -> dict[str, str]:
         """A worker's environment: its GPU (memory growth on), or a share of the cores."""
         env = dict(os.environ)
+        # N workers would each print TensorFlow's start-up INFO lines; warnings still show.
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[index]
             env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"

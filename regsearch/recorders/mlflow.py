@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ from regsearch.storage import mask_url  # noqa: E402
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                                    "regsearch.state", "regsearch.complete")
+WORKER, GPU = "regsearch.worker", "regsearch.gpu"
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
 
@@ -99,12 +101,13 @@ class MlflowWriter:
         return run.info.run_id
 
     def start_trial(self, experiment_id: str, parent_id: str, study: str, number: int,
-                    config: RegConfig, started: datetime | None = None) -> str:
+                    config: RegConfig, started: datetime | None = None,
+                    tags: dict[str, str] | None = None) -> str:
         """`started` is when the trial began, not when this (possibly late) write happens."""
         run = self.client.create_run(experiment_id, start_time=_ms(started),
                                      run_name=f"trial-{number:04d}", tags={
             "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study, TRIAL: str(number),
-            STATE: "running"})
+            STATE: "running", **(tags or {})})
         self._log(run.info.run_id, params={k: str(v) for k, v in config.as_dict().items()})
         return run.info.run_id
 
@@ -168,8 +171,11 @@ class MlflowWriter:
         self.client.set_tag(run_id, STATE, "killed")
         self.client.set_terminated(run_id, "KILLED")
 
-    def end_parent(self, parent_id: str) -> None:
-        self.client.set_terminated(parent_id, "FINISHED")
+    def end_parent(self, experiment_id: str, parent_id: str) -> None:
+        """FINISHED once no trial runs any more: the last of many workers to stop ends it."""
+        if not self._find(experiment_id, f"tags.`{ROLE}` = 'trial' and "
+                                         "attributes.status = 'RUNNING'"):
+            self.client.set_terminated(parent_id, "FINISHED")
 
     def _find(self, experiment_id: str, where: str) -> list[Any]:
         runs, token = [], None
@@ -201,6 +207,15 @@ def _status(record: TrialRecord) -> str:
                                                                        DIED)):
         return "KILLED"
     return _STATUS.get(record.state, "FAILED")
+
+
+def worker_tags() -> dict[str, str]:
+    """Which process (and GPU) ran a trial, so a slow or failing worker can be found."""
+    tags = {WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if gpus and gpus != "-1":
+        tags[GPU] = gpus
+    return tags
 
 
 def _problem(exc: BaseException) -> str:
@@ -259,7 +274,7 @@ class MlflowRecorder:
 
         def start() -> None:
             run_id = self.writer.start_trial(self.experiment_id, self.parent_id, self.study,
-                                             number, config, started)
+                                             number, config, started, worker_tags())
             self.run_ids[number] = run_id
             self.ledger.set_mlflow(self.study, number, run_id, synced=False)
         self._submit(start)
@@ -272,7 +287,8 @@ class MlflowRecorder:
 
         def finish() -> None:
             run_id = self.run_ids.pop(number, None) or self.writer.start_trial(
-                self.experiment_id, self.parent_id, self.study, number, config, record.started)
+                self.experiment_id, self.parent_id, self.study, number, config, record.started,
+                worker_tags())
             self.writer.finish_trial(run_id, record, self.metric)
             self.ledger.set_mlflow(self.study, number, run_id, synced=True)
             if record.value is not None and record.state == "complete" and self._better(record):
@@ -288,7 +304,7 @@ class MlflowRecorder:
 
     def close(self) -> None:
         """Wait a bounded time for queued writes; what is left stays for `regsearch sync`."""
-        self._submit(lambda: self.writer.end_parent(self.parent_id))
+        self._submit(lambda: self.writer.end_parent(self.experiment_id, self.parent_id))
         self.tasks.put(None)
         self.thread.join(self.drain_seconds)
         if self.thread.is_alive():
@@ -364,6 +380,6 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
         written, kept = written + created, kept + (not created)
     if best is not None:
         writer.set_best(parent_id, best, study["metric"])
-    writer.end_parent(parent_id)
+    writer.end_parent(experiment_id, parent_id)
     return written, kept
 
