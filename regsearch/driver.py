@@ -179,7 +179,7 @@ def _died(run: StudyRun, trial: FrozenTrial) -> None:
     write_trial_details(run.study, trial._trial_id,
                         {"fail_reason": reason, **({UNCOUNTED: True} if again else {})}, {},
                         finished=True)
-    run.ledger.fail_running(run.spec.name, [trial.number], reason)
+    run.ledger.fail_running(run.spec.name, {trial.number: config_of(trial)}, reason)
     for recorder in run.recorders:
         getattr(recorder, "trials_killed", lambda _n: None)([trial.number])
 
@@ -192,12 +192,19 @@ def reap_dead(run: StudyRun) -> None:
 
 def fail_abandoned(run: StudyRun, numbers: list[int]) -> None:
     """Fail trials a dead process left running, in Optuna and the ledger; they are re-run."""
+    abandoned = {}
     for trial in run.running_trials():
         if trial.number in numbers:
             write_trial_details(run.study, trial._trial_id,
                                 {"fail_reason": ABANDONED, UNCOUNTED: True}, {})
             run.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    run.ledger.fail_running(run.spec.name, numbers, ABANDONED)
+            abandoned[trial.number] = config_of(trial)
+    run.ledger.fail_running(run.spec.name, abandoned, ABANDONED)
+
+
+def config_of(trial: FrozenTrial) -> RegConfig:
+    """What a trial was given; one cut off before its regularizer was chosen says `unset`."""
+    return space.from_params({"regularizer": "unset", **trial.params})
 
 
 def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *,

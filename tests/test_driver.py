@@ -184,3 +184,16 @@ def test_without_a_pruner_the_epochs_still_reach_optuna(make_spec) -> None:
     for trial in study_run.study.get_trials():
         assert sorted(trial.intermediate_values) == [1, 2, 3]
         assert trial.value == max(trial.intermediate_values.values())
+
+
+def test_config_of_a_trial_cut_off_mid_suggestion_says_what_is_unset() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    full = optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"regularizer": "l1", "l1": 1e-4, "dropout": 0.3},
+        distributions={"regularizer": CategoricalDistribution(["l1", "l2"]),
+                       "l1": FloatDistribution(1e-6, 1e-1, log=True),
+                       "dropout": FloatDistribution(0.0, 0.5)})
+    assert driver.config_of(full) == space.RegConfig("l1", l1=1e-4, dropout=0.3)
+    nothing = optuna.trial.create_trial(state=TrialState.FAIL)
+    assert driver.config_of(nothing) == space.RegConfig("unset")

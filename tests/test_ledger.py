@@ -352,7 +352,9 @@ def test_fail_running_touches_only_running_trials_of_its_study(open_ledger) -> N
     ledger.trial_ended(STUDY, 1, outcome(state="pruned", epochs=1, reason="pruned at epoch 1"))
     finished = {r["number"]: r for r in trial_rows(ledger.engine)}
 
-    ledger.fail_running(STUDY, [0, 1, 2, 7], "its process ended while the trial was running")
+    config = RegConfig("l1", l1=1e-4)
+    ledger.fail_running(STUDY, {n: config for n in (0, 1, 2)},
+                        "its process ended while the trial was running")
 
     rows = {r["number"]: r for r in trial_rows(ledger.engine)}
     assert rows[0] == finished[0] and rows[1] == finished[1]
@@ -404,8 +406,20 @@ def test_restarted_trial_forgets_the_previous_attempt(open_ledger) -> None:
     assert row["state"] == "running" and stale == {}
     assert not ledger.is_synced(STUDY, 0)
     # What the stale value does: the abandoned re-run is "failed" yet holds the old score.
-    ledger.fail_running(STUDY, [0], "its process ended while the trial was running")
+    ledger.fail_running(STUDY, {0: RegConfig("l2", l2=2e-3)},
+                        "its process ended while the trial was running")
     assert trial_rows(ledger.engine)[0]["value"] is None
+
+
+def test_a_failed_trial_whose_start_was_never_written_still_gets_its_row(open_ledger) -> None:
+    """Its process lost the database between Optuna's ask and the ledger's start row."""
+    ledger = open_ledger()
+    open_study(ledger)
+    ledger.fail_running(STUDY, {7: RegConfig("l2", l2=3e-4, dropout=0.2)}, "lost")
+    [row] = trial_rows(ledger.engine)
+    assert (row["number"], row["state"], row["reason"]) == (7, "failed", "lost")
+    assert (row["regularizer"], row["l2"], row["dropout"]) == ("l2", 3e-4, 0.2)
+    assert row["finished"] is not None and row["value"] is None
 
 
 # --------------------------------------------------------------------------- concurrency

@@ -498,6 +498,37 @@ def test_sync_failing_midway_is_one_masked_user_error(recorded: Recorded, tmp_pa
     assert len(err.splitlines()) == 1 and err.startswith("regsearch: error: "), err
 
 
+def test_the_parent_run_ends_only_when_no_trial_of_any_worker_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers share a study: the first to stop must not end the study's parent run
+    while the other still trains; the last one ends it; a resumed study reopens it."""
+    from regsearch.recorders.mlflow import GPU, WORKER, MlflowWriter, worker_tags
+    from regsearch.space import RegConfig
+
+    writer = MlflowWriter(sqlite_url(tmp_path / "ml.db"))
+    experiment = writer.experiment("shared")
+    info = {"name": "shared", "spec_hash": "h", "spec": {"name": "shared"},
+            "metric": "accuracy", "direction": "maximize"}
+    parent = writer.parent_run(experiment, info, sqlite_url(tmp_path / "s.db"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # as the launcher sets it for GPU 3
+    other = writer.start_trial(experiment, parent, "shared", 7, RegConfig("l2", l2=1e-3),
+                               tags=worker_tags())
+
+    writer.end_parent(experiment, parent)  # the first worker stops; trial 7 still runs
+    assert writer.client.get_run(parent).info.status == "RUNNING"
+    writer.client.set_terminated(other, "FINISHED")  # the other worker finishes trial 7...
+    writer.end_parent(experiment, parent)  # ...and stops
+    assert writer.client.get_run(parent).info.status == "FINISHED"
+    assert writer.parent_run(experiment, info, "") == parent  # resumed: same run, running
+    assert writer.client.get_run(parent).info.status == "RUNNING"
+
+    tags = writer.client.get_run(other).data.tags
+    assert tags[WORKER] == f"{socket.gethostname()}:{os.getpid()}"
+    assert tags[GPU] == "3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # a CPU worker names no GPU
+    assert GPU not in worker_tags()
+
+
 # =========================================================================== 2. outage
 
 @dataclass

@@ -7,6 +7,7 @@ Every test makes fresh databases on the real servers (a study's and MLflow's), s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -132,16 +133,23 @@ def ledger_rows(url: str, name: str) -> dict[int, tuple[str, str | None]]:
         engine.dispose()
 
 
-def mlflow_trials(tracking_uri: str, name: str) -> dict[int, list[str]]:
-    """Trial number -> statuses of its MLflow runs."""
+def mlflow_runs(tracking_uri: str, name: str) -> list[Any]:
+    """Every run of the study's experiment: the parent and the trials."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], "tags.`regsearch.role` = 'trial'",
-                              max_results=1000)
+    return list(client.search_runs([experiment.experiment_id], max_results=1000))
+
+
+def role(runs: list[Any], name: str) -> list[Any]:
+    return [r for r in runs if r.data.tags.get("regsearch.role") == name]
+
+
+def mlflow_trials(tracking_uri: str, name: str) -> dict[int, list[str]]:
+    """Trial number -> statuses of its MLflow runs."""
     out: dict[int, list[str]] = {}
-    for run in runs:
+    for run in role(mlflow_runs(tracking_uri, name), "trial"):
         out.setdefault(int(run.data.tags["regsearch.trial"]), []).append(run.info.status)
     return out
 
@@ -178,6 +186,11 @@ def check_agreement(url: str, mlflow: str, name: str, budget: int) -> list[Froze
     runs = mlflow_trials(mlflow, name)
     for trial in done:
         assert runs.get(trial.number) == ["FINISHED"], (trial.number, runs.get(trial.number))
+    everything = mlflow_runs(mlflow, name)
+    # Ended by the last worker to stop, not the first.
+    assert [r.info.status for r in role(everything, "parent")] == ["FINISHED"]
+    for run in role(everything, "trial"):  # each names the process that ran it
+        assert re.fullmatch(r"[^:]+:\d+", run.data.tags["regsearch.worker"]), run.data.tags
     return trials
 
 
@@ -266,6 +279,26 @@ def test_eight_workers_at_once_on_a_fresh_database(tmp_path, fresh_db) -> None:
     trials = check_agreement(storage, mlflow, "eight", 8)
     # Workers that start together must not all propose the same point.
     assert len({tuple(sorted(t.params.items())) for t in trials}) > 1
+
+
+def test_gpu_workers_each_get_their_own_device(tmp_path, fresh_db) -> None:
+    """`--gpus 0,1` on this GPU-less machine: TensorFlow trains on the CPU, but each worker
+    is still started with its own CUDA_VISIBLE_DEVICES, which its MLflow runs record."""
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "gpus", trials=4, epochs=1, trainer="keras",
+                        heartbeat_interval=2, grace_period=120)
+    proc = regsearch(tmp_path, "run", study.name, "--gpus", "0,1", storage=storage,
+                     mlflow=mlflow)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 workers on GPUs 0, 1" in proc.stderr
+    check_agreement(storage, mlflow, "gpus", 4)
+    gpu_of: dict[str, set[str]] = {}
+    for run in role(mlflow_runs(mlflow, "gpus"), "trial"):
+        gpu_of.setdefault(run.data.tags["regsearch.worker"], set()).add(
+            run.data.tags["regsearch.gpu"])
+    assert all(len(gpus) == 1 for gpus in gpu_of.values()), gpu_of  # one device per process
+    seen = [next(iter(gpus)) for gpus in gpu_of.values()]
+    assert set(seen) <= {"0", "1"} and len(seen) == len(set(seen)), gpu_of  # none shared
 
 
 def test_workers_need_an_existing_study_and_sqlite_takes_one_process(tmp_path,

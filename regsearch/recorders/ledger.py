@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -258,12 +258,17 @@ class Ledger:
                                       val_metric=_finite(m.val_metric),
                                       penalty=_finite(m.penalty)) for m in outcome.history]
 
-    def fail_running(self, study: str, numbers: list[int], reason: str) -> None:
-        """Trials a dead process left `running` are failed with the reason, as in Optuna."""
+    def fail_running(self, study: str, trials: Mapping[int, RegConfig], reason: str) -> None:
+        """Trials a dead process left `running` are failed with the reason, as in Optuna.
+
+        A trial with no row (its process lost the database before the start was written)
+        gets one, so the ledger still holds every trial Optuna has.
+        """
         with Session(self.engine) as session, session.begin():
-            for number in numbers:
-                row = self._trial(session, study, number)
-                if row is not None and row.state == RUNNING:
+            for number, config in trials.items():
+                row = self._trial(session, study, number) or self._start_row(
+                    session, study, number, config)
+                if row.state == RUNNING:
                     row.state, row.reason, row.finished = "failed", reason, _now()
 
     def set_mlflow(self, study: str, number: int, run_id: str | None, synced: bool) -> None:
