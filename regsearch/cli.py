@@ -77,12 +77,17 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     """Join a study and work until its budget is spent; recycle the process when told to."""
     import os
 
-    from regsearch import driver, interrupts
-    from regsearch.progress import Progress
+    from regsearch.devices import claim_gpu
     from regsearch.spec import load_spec
-    from regsearch.trainers import make_trainer
 
     spec = load_spec(args.study)
+    if args.claim_gpu:  # before anything starts CUDA
+        print(f"regsearch: worker on GPU {claim_gpu(args.claim_gpu)}", file=sys.stderr)
+
+    from regsearch import driver, interrupts
+    from regsearch.progress import Progress
+    from regsearch.trainers import make_trainer
+
     run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, join=True,
                           **_where(args))
     progress = Progress()
@@ -181,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", parents=[common, where],
                                  help="join an existing study and train until its budget is spent")
     worker.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    worker.add_argument("--claim-gpu", metavar="DIR",
+                        help="take one GPU no other worker of this host holds, through lock "
+                             "files in DIR (a directory the workers share)")
     worker.set_defaults(handler=_cmd_worker)
 
     sync = commands.add_parser("sync", parents=[common],

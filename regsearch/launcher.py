@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from regsearch import driver
+from regsearch.devices import gpu_environment, visible_gpus
 from regsearch.errors import SpecError, StorageError
 from regsearch.spec import StudySpec, is_better
 from regsearch.storage import is_sqlite, mask_url
@@ -41,9 +42,7 @@ class Plan:
         # N workers would each print TensorFlow's start-up INFO lines; warnings still show.
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[index]
-            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-            return env
+            return {**env, **gpu_environment(self.gpus[index])}
         threads = str(max(1, (os.cpu_count() or 1) // self.count))
         env.update(CUDA_VISIBLE_DEVICES="-1", TF_NUM_INTRAOP_THREADS=threads,
                    OMP_NUM_THREADS=threads)
@@ -53,7 +52,7 @@ class Plan:
 def plan(workers: int | None, gpus: str | None) -> Plan:
     if gpus is None:
         return Plan(cpu_workers=workers or 1)
-    found = _visible_gpus() if gpus == "all" else tuple(g.strip() for g in gpus.split(","))
+    found = visible_gpus() if gpus == "all" else tuple(g.strip() for g in gpus.split(","))
     if not found or not all(g.isdigit() for g in found):
         raise SpecError("--gpus", "gpus", f"expected 'all' or GPU indices such as 0,2,3, got "
                         f"{gpus!r}" if found else "no GPU found (nvidia-smi -L lists none); "
@@ -62,15 +61,6 @@ def plan(workers: int | None, gpus: str | None) -> Plan:
         raise SpecError("--workers", "workers", f"{workers} workers for {len(found)} GPUs: "
                         "there is one worker per GPU; leave out --workers")
     return Plan(gpus=found)
-
-
-def _visible_gpus() -> tuple[str, ...]:
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                                 timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU"))
 
 
 def launch(study_file: str, spec: StudySpec, workers: Plan, *, storage: str | None,

@@ -442,6 +442,10 @@ def test_compose_config_validates_with_a_real_env_file(project: Path) -> None:
     device = worker["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert device["count"] == -1                   # "all"
+    # ...and each replica claims one of them through a lock directory they all share.
+    command = worker["command"]
+    locks = command[command.index("--claim-gpu") + 1]
+    assert any(v["type"] == "volume" and v["target"] == locks for v in worker["volumes"])
     assert _duration(worker["stop_grace_period"]) >= 30
     assert worker["depends_on"]["init"]["condition"] == "service_completed_successfully"
     # Published on loopback only unless the user opens them up.
@@ -451,13 +455,11 @@ def test_compose_config_validates_with_a_real_env_file(project: Path) -> None:
 
 
 def test_compose_cpu_profile_and_scaling(project: Path) -> None:
-    _write_env(project, POSTGRES_PASSWORD=PASSWORD, WORKERS="3", CPU_WORKERS="2",
-               GPUS_PER_WORKER="1")
+    _write_env(project, POSTGRES_PASSWORD=PASSWORD, WORKERS="3", CPU_WORKERS="2")
     done = _config(project, "--profile", "cpu")
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
     assert services["worker"]["deploy"]["replicas"] == 3
-    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
     assert services["worker-cpu"]["deploy"]["replicas"] == 2
     assert "devices" not in (services["worker-cpu"]["deploy"].get("resources") or {})
 

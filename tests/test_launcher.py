@@ -1,4 +1,4 @@
-"""The launcher's plan: which workers, and what each one's environment says about devices."""
+"""The launcher's plan (which workers, and each one's devices) and workers claiming GPUs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from regsearch.errors import SpecError
+from regsearch import devices
+from regsearch.errors import RegsearchError, SpecError
 from regsearch.launcher import plan
 
 
@@ -62,9 +63,52 @@ def test_gpus_all_without_a_gpu_says_to_use_cpu_workers(tmp_path: Path) -> None:
                      encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "regsearch", "run", "s.yaml", "--gpus", "all"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PATH": str(tmp_path)})  # no nvidia-smi on PATH
+                          env={**{k: v for k, v in os.environ.items()
+                                  if k != "CUDA_VISIBLE_DEVICES"},
+                               "PATH": str(tmp_path)})  # and no nvidia-smi on PATH
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "regsearch: error: --gpus: gpus: no GPU found (nvidia-smi -L lists none); use "
         "--workers N for CPU workers"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+@pytest.fixture
+def own_claims(monkeypatch: pytest.MonkeyPatch):
+    """Claims made by this test, released after it (as a process's end would)."""
+    claims: list[int] = []
+    monkeypatch.setattr(devices, "_claims", claims)
+    yield claims
+    for fd in claims:
+        os.close(fd)
+
+
+def test_workers_claim_distinct_gpus_until_none_is_left(tmp_path: Path, monkeypatch,
+                                                        own_claims) -> None:
+    locks = tmp_path / "locks"
+    got = []
+    for _ in range(2):  # each worker starts seeing every GPU of the host
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+        got.append(devices.claim_gpu(locks))
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == got[-1]
+        assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert got == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(RegsearchError, match=r"all 2 GPUs \(0, 1\) are taken by other "
+                                             "workers; run at most one worker per GPU"):
+        devices.claim_gpu(locks)
+    os.close(own_claims.pop(0))  # the worker on GPU 0 ends: its GPU is free again
+    assert devices.claim_gpu(locks) == "0"
+
+
+def test_claiming_without_a_gpu_or_a_usable_directory_says_what_to_do(tmp_path: Path,
+                                                                      monkeypatch,
+                                                                      own_claims) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    with pytest.raises(RegsearchError, match="no GPU is visible .* without --claim-gpu"):
+        devices.claim_gpu(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    with pytest.raises(RegsearchError, match="cannot create the lock directory"):
+        devices.claim_gpu(tmp_path / "file" / "locks")
+    assert own_claims == []

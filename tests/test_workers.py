@@ -94,9 +94,9 @@ def write_study(folder: Path, name: str, *, trials: int, epochs: int = 3,
     return path
 
 
-def regsearch(folder: Path, *args: Any, storage: str, mlflow: str,
-              wait: bool = True, **popen: Any) -> Any:
-    env = {**ENV, "REGSEARCH_STORAGE": storage, "REGSEARCH_MLFLOW": mlflow}
+def regsearch(folder: Path, *args: Any, storage: str, mlflow: str, wait: bool = True,
+              extra_env: dict[str, str] | None = None, **popen: Any) -> Any:
+    env = {**ENV, "REGSEARCH_STORAGE": storage, "REGSEARCH_MLFLOW": mlflow, **(extra_env or {})}
     command = [sys.executable, "-m", "regsearch", *map(str, args)]
     if not wait:
         return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE,
@@ -192,6 +192,17 @@ def check_agreement(url: str, mlflow: str, name: str, budget: int) -> list[Froze
     for run in role(everything, "trial"):  # each names the process that ran it
         assert re.fullmatch(r"[^:]+:\d+", run.data.tags["regsearch.worker"]), run.data.tags
     return trials
+
+
+def assert_one_gpu_per_worker(mlflow: str, name: str, gpus: set[str]) -> None:
+    """From the trials' MLflow tags: each process trained on one GPU, no GPU on two."""
+    gpu_of: dict[str, set[str]] = {}
+    for run in role(mlflow_runs(mlflow, name), "trial"):
+        gpu_of.setdefault(run.data.tags["regsearch.worker"], set()).add(
+            run.data.tags["regsearch.gpu"])
+    assert all(len(used) == 1 for used in gpu_of.values()), gpu_of
+    seen = [next(iter(used)) for used in gpu_of.values()]
+    assert set(seen) <= gpus and len(seen) == len(set(seen)), gpu_of
 
 
 class Relay:
@@ -292,13 +303,34 @@ def test_gpu_workers_each_get_their_own_device(tmp_path, fresh_db) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 workers on GPUs 0, 1" in proc.stderr
     check_agreement(storage, mlflow, "gpus", 4)
-    gpu_of: dict[str, set[str]] = {}
-    for run in role(mlflow_runs(mlflow, "gpus"), "trial"):
-        gpu_of.setdefault(run.data.tags["regsearch.worker"], set()).add(
-            run.data.tags["regsearch.gpu"])
-    assert all(len(gpus) == 1 for gpus in gpu_of.values()), gpu_of  # one device per process
-    seen = [next(iter(gpus)) for gpus in gpu_of.values()]
-    assert set(seen) <= {"0", "1"} and len(seen) == len(set(seen)), gpu_of  # none shared
+    assert_one_gpu_per_worker(mlflow, "gpus", {"0", "1"})
+
+
+def test_workers_started_side_by_side_claim_one_gpu_each(tmp_path, fresh_db) -> None:
+    """Compose replicas each see every GPU of the host; `--claim-gpu` gives each its own.
+    Two GPUs are simulated with CUDA_VISIBLE_DEVICES (TensorFlow trains on the CPU here)."""
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "claims", trials=4, epochs=2, trainer="keras",
+                        heartbeat_interval=2, grace_period=120)
+    init = regsearch(tmp_path, "init", study.name, storage=storage, mlflow=mlflow)
+    assert init.returncode == 0, init.stdout + init.stderr
+    both = {"extra_env": {"CUDA_VISIBLE_DEVICES": "0,1"}}
+    claim = ["worker", study.name, "--claim-gpu", tmp_path / "gpu-locks"]
+    workers = [regsearch(tmp_path, *claim, storage=storage, mlflow=mlflow, wait=False, **both)
+               for _ in range(2)]
+    # Each says which GPU it took before it imports TensorFlow.
+    first_lines = sorted(w.stdout.readline().strip() for w in workers)
+    assert first_lines == ["regsearch: worker on GPU 0", "regsearch: worker on GPU 1"]
+    third = regsearch(tmp_path, *claim, storage=storage, mlflow=mlflow, **both)
+    assert third.returncode == 2, third.stdout + third.stderr
+    assert third.stderr.strip() == (
+        f"regsearch: error: --claim-gpu {tmp_path / 'gpu-locks'}: all 2 GPUs (0, 1) are taken "
+        "by other workers; run at most one worker per GPU")
+    for worker in workers:
+        output, _ = worker.communicate(timeout=TIMEOUT)
+        assert worker.returncode == 0, output
+    check_agreement(storage, mlflow, "claims", 4)
+    assert_one_gpu_per_worker(mlflow, "claims", {"0", "1"})
 
 
 def test_workers_need_an_existing_study_and_sqlite_takes_one_process(tmp_path,
