@@ -127,9 +127,7 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
     run = StudyRun(spec, study, data, objective,
                    n_trials if n_trials is not None else spec.search.budget(len(grid)),
                    timeout if timeout is not None else spec.search.timeout, url, ledger)
-    if is_sqlite(url):  # one process at a time: anything still running was abandoned
-        fail_abandoned(run, [t.number for t in run.running_trials()])
-    else:
+    if not is_sqlite(url):
         rdb.heartbeat_stale_trial_callback = lambda _study, trial: _died(run, trial)
     run.recorders = [LedgerRecorder(ledger)]
     if mlflow or spec.mlflow.enabled:
@@ -222,6 +220,14 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
     Recorders come first so the ledger holds a trial before anything else reports it.
     Returns True when it stopped after `max_trials` of its own (the worker recycles).
     """
+    with hold_sqlite(run.storage_url):
+        if not run.shared:  # this process holds the SQLite study: what still runs was abandoned
+            fail_abandoned(run, [t.number for t in run.running_trials()])
+        return _run_study(run, trainer, listeners, max_trials)
+
+
+def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
+               max_trials: int | None) -> bool:
     listeners = [*run.recorders, *listeners]
     for listener in listeners:
         listener.study_opened(run)
@@ -229,7 +235,7 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
     loop = _run_packed if hasattr(trainer, "run_epoch") else _run_one_by_one
     heartbeat = Heartbeat(run) if run.shared else None
     try:
-        with hold_sqlite(run.storage_url), interrupts.deferred_sigint():
+        with interrupts.deferred_sigint():
             return loop(run, trainer, listeners, deadline, heartbeat,
                         max_trials if max_trials is not None else float("inf"))
     except DATABASE_ERRORS as exc:

@@ -487,23 +487,33 @@ def test_fail_abandoned_fails_the_trial_in_optuna_and_the_ledger(db_url, make_sp
         _close(run)
 
 
-def test_reopening_fails_abandoned_trials_only_on_sqlite(db_url, make_spec) -> None:
-    spec = make_spec(storage=db_url, mlflow={"enabled": False})
+def test_running_a_sqlite_study_fails_what_a_dead_process_left_running(db_url,
+                                                                      make_spec) -> None:
+    """Opening a study touches no running trial (its process may be alive: `init`, or a
+    second `run` that the SQLite lock then refuses); running one on SQLite, with the lock
+    held, fails them as abandoned. On a server only heartbeats decide that a worker died."""
+    from regsearch.trainers import make_trainer
+
+    spec = make_spec(storage=db_url, mlflow={"enabled": False},
+                     search={"n_trials": 1, "pruner": "none"}, train__epochs=1)
     first = driver.open_run(spec)
     try:
         _abandon_one_trial(first)
     finally:
         _close(first)
-    second = driver.open_run(spec)  # on a server, other workers may still be running
+    second = driver.open_run(spec)
     try:
         [row] = trial_rows(second.ledger.engine)
         [trial] = second.study.get_trials()
+        assert (row["state"], row["reason"], trial.state) == ("running", None,
+                                                              TrialState.RUNNING)
         if db_url.startswith("sqlite"):
-            assert (row["state"], row["reason"]) == ("failed", driver.ABANDONED)
-            assert trial.state == TrialState.FAIL
-        else:
-            assert (row["state"], row["reason"]) == ("running", None)
-            assert trial.state == TrialState.RUNNING
+            driver.run_study(second, make_trainer(second))
+            rows = trial_rows(second.ledger.engine)
+            trials = second.study.get_trials()
+            assert [(r["state"], r["reason"]) for r in rows] == [
+                ("failed", driver.ABANDONED), ("complete", None)]
+            assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     finally:
         _close(second)
 

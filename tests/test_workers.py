@@ -348,6 +348,32 @@ def test_workers_need_an_existing_study_and_sqlite_takes_one_process(tmp_path,
     assert not (tmp_path / "s.db").exists()  # refused before anything was written
 
 
+def test_a_second_process_on_a_running_sqlite_study_is_refused(tmp_path) -> None:
+    """Not only the launcher: a second `run` or `worker` on a SQLite study in use by another
+    process stops at once with what to do, and the first one is not disturbed."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    mlflow = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = write_study(tmp_path, "single", trials=2, epochs=100, trainer="keras")
+    first = regsearch(tmp_path, "run", study.name, storage=storage, mlflow=mlflow, wait=False)
+    wait_for_running(storage, "single")
+    for command in ("run", "worker"):
+        second = regsearch(tmp_path, command, study.name, storage=storage, mlflow=mlflow)
+        assert second.returncode == 2, second.stdout + second.stderr
+        errors = [line for line in second.stderr.splitlines() if "error" in line.lower()
+                  and "round-off errors" not in line]  # TensorFlow's oneDNN notice
+        assert errors == [
+            f"regsearch: error: storage {storage}: another regsearch process is using this "
+            "SQLite study, and SQLite holds one process at a time; wait for it, or share the "
+            "study between processes through a server database "
+            "(--storage postgresql+psycopg://user@host/db)"], second.stderr
+        assert "Traceback" not in second.stderr
+    output, _ = first.communicate(timeout=TIMEOUT)
+    assert first.returncode == 0, output
+    trials = trials_of(storage, "single")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # none failed or added
+    assert sorted(ledger_rows(storage, "single")) == [0, 1]
+
+
 def test_a_killed_workers_trial_is_failed_rerun_and_its_mlflow_run_killed(tmp_path,
                                                                          fresh_db) -> None:
     storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")

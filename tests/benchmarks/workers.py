@@ -10,7 +10,7 @@ Two measurements, in one run:
                 on PostgreSQL (fresh databases), the whole command timed, start-up included
 
     .venv/bin/python tests/benchmarks/workers.py                       # needs PostgreSQL
-    .venv/bin/python tests/benchmarks/workers.py --trials 16 --epochs 10
+    .venv/bin/python tests/benchmarks/workers.py --trials 16 --trainer keras
 
 PostgreSQL comes from REGSEARCH_TEST_POSTGRES_URL (default: the local test server); each
 measurement gets fresh databases, dropped afterwards. Timings mean something only on an
@@ -56,7 +56,8 @@ def study(name: str, opts: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {"name": name, "seed": 1, "data": {"builtin": "digits"},
             "model": {"hidden_units": [64, 64, 64]},
             "train": {"epochs": opts.epochs, "batch_size": 64, "learning_rate": 0.003},
-            "search": {"n_trials": opts.trials, "pruner": "none"}, **extra}
+            "search": {"n_trials": opts.trials, "pruner": "none"},
+            **({"trainer": opts.trainer} if getattr(opts, "trainer", None) else {}), **extra}
 
 
 class InstantTrainer:
@@ -112,6 +113,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--bookkeeping-trials", type=int, default=50)
+    parser.add_argument("--trainer", choices=("packed", "keras"),
+                        help="the workers' trainer (default: the study default, packed)")
     opts = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
@@ -138,7 +141,8 @@ def main() -> int:
         one = run_workers(opts, 1, folder)
         two = run_workers(opts, 2, folder)
         print(f"\n`regsearch run --workers N` on PostgreSQL, {opts.trials} trials x "
-              f"{opts.epochs} epochs (digits, Dense 64-64-64, default trainer)")
+              f"{opts.epochs} epochs (digits, Dense 64-64-64, trainer "
+              f"{opts.trainer or 'packed (default)'})")
         print("| workers | wall s | trials/s | vs 1 worker |\n| --- | ---: | ---: | ---: |")
         for count, seconds in ((1, one), (2, two)):
             print(f"| {count} | {seconds:.1f} | {opts.trials / seconds:.3f} | "
