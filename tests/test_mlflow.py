@@ -529,6 +529,32 @@ def test_the_parent_run_ends_only_when_no_trial_of_any_worker_runs(
     assert GPU not in worker_tags()
 
 
+def test_the_parents_best_is_the_best_any_worker_found(tmp_path: Path) -> None:
+    """Workers finish trials out of order and each knows only its own: a worse result never
+    replaces a better one, and the point MLflow shows (the highest step) is the best."""
+    from regsearch.recorders.ledger import TrialRecord
+    from regsearch.recorders.mlflow import MlflowWriter
+    from regsearch.space import RegConfig
+
+    writer = MlflowWriter(sqlite_url(tmp_path / "ml.db"))
+    experiment = writer.experiment("shared")
+    info = {"name": "shared", "spec_hash": "h", "spec": {"name": "shared"},
+            "metric": "accuracy", "direction": "maximize"}
+    parent = writer.parent_run(experiment, info, "")
+
+    def finished(number: int, value: float) -> TrialRecord:
+        return TrialRecord(study="shared", number=number, state="complete",
+                           config=RegConfig("l2", l2=1e-3 * number, dropout=0.1), value=value)
+
+    for number, value in ((5, 0.98), (3, 0.99), (7, 0.97)):  # worker A: 5 and 7; B: 3
+        writer.set_best(parent, finished(number, value), "accuracy", "maximize")
+    run = writer.client.get_run(parent)
+    assert run.data.metrics["best_accuracy"] == 0.99
+    assert run.data.tags["best.trial"] == "3" and float(run.data.tags["best.l2"]) == 3e-3
+    history = writer.client.get_metric_history(parent, "best_accuracy")
+    assert [(p.step, p.value) for p in history] == [(5, 0.98), (5, 0.99)]
+
+
 # =========================================================================== 2. outage
 
 @dataclass

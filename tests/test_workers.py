@@ -187,8 +187,14 @@ def check_agreement(url: str, mlflow: str, name: str, budget: int) -> list[Froze
     for trial in done:
         assert runs.get(trial.number) == ["FINISHED"], (trial.number, runs.get(trial.number))
     everything = mlflow_runs(mlflow, name)
-    # Ended by the last worker to stop, not the first.
-    assert [r.info.status for r in role(everything, "parent")] == ["FINISHED"]
+    # Ended by the last worker to stop, not the first; its best is the study's best, not
+    # one worker's.
+    [parent] = role(everything, "parent")
+    assert parent.info.status == "FINISHED"
+    best = max(t.value for t in done)
+    assert parent.data.metrics["best_accuracy"] == pytest.approx(best, abs=1e-12)
+    assert [t.value for t in trials if t.number == int(parent.data.tags["best.trial"])] == \
+        [parent.data.metrics["best_accuracy"]]
     for run in role(everything, "trial"):  # each names the process that ran it
         assert re.fullmatch(r"[^:]+:\d+", run.data.tags["regsearch.worker"]), run.data.tags
     return trials

@@ -143,14 +143,25 @@ class MlflowWriter:
         self.finish_trial(run_id, record, metric)
         return run_id, True
 
-    def set_best(self, parent_id: str, record: TrialRecord, metric: str) -> None:
+    def set_best(self, parent_id: str, record: TrialRecord, metric: str,
+                 direction: str) -> None:
+        """Name `record` the study's best unless the parent already holds one as good: other
+        workers write the parent too. The point's step is the trial's number, or the last
+        step if that is higher, since MLflow shows the point with the highest step."""
+        history = self.client.get_metric_history(parent_id, f"best_{metric}")
+        held = None
+        for point in history:
+            if is_better(direction, point.value, held):
+                held = point.value
+        if not is_better(direction, record.value, held):
+            return
         config = record.config
         tags = {"best.trial": str(record.number), "best.regularizer": config.regularizer,
                 "best.l1": str(config.l1), "best.l2": str(config.l2),
                 "best.dropout": str(config.dropout)}
-        stamp = int(time.time() * 1000)
-        self._log(parent_id, metrics=[Metric(f"best_{metric}", record.value, stamp,
-                                             record.number)], tags=tags)
+        step = max([record.number, *(point.step for point in history)])
+        self._log(parent_id, metrics=[Metric(f"best_{metric}", record.value,
+                                             int(time.time() * 1000), step)], tags=tags)
 
     def close_stale(self, experiment_id: str, alive: set[int]) -> list[int]:
         """Trial runs still RUNNING whose trial is not running any more become KILLED."""
@@ -292,7 +303,7 @@ class MlflowRecorder:
             self.writer.finish_trial(run_id, record, self.metric)
             self.ledger.set_mlflow(self.study, number, run_id, synced=True)
             if record.value is not None and record.state == "complete" and self._better(record):
-                self.writer.set_best(self.parent_id, record, self.metric)
+                self.writer.set_best(self.parent_id, record, self.metric, self.direction)
         self._submit(finish)
 
     def trials_killed(self, numbers: list[int]) -> None:
@@ -379,7 +390,7 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
         ledger.set_mlflow(name, record.number, run_id, synced=True)
         written, kept = written + created, kept + (not created)
     if best is not None:
-        writer.set_best(parent_id, best, study["metric"])
+        writer.set_best(parent_id, best, study["metric"], study["direction"])
     writer.end_parent(experiment_id, parent_id)
     return written, kept
 
