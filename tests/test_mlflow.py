@@ -554,6 +554,19 @@ def test_the_parents_best_is_the_best_any_worker_found(tmp_path: Path) -> None:
     history = writer.client.get_metric_history(parent, "best_accuracy")
     assert [(p.step, p.value) for p in history] == [(5, 0.98), (5, 0.99)]
 
+    # Two workers' writes crossed: one read the history before the other's point landed, so
+    # the tags name trial 9 while the shown point is trial 3's. A stopping worker settles it
+    # from the study's own best, once.
+    from mlflow.entities import Metric, RunTag
+
+    writer.client.log_batch(parent, metrics=[Metric("best_accuracy", 0.95, 0, 1)],
+                            tags=[RunTag("best.trial", "9")])
+    for _ in range(2):
+        writer.set_best(parent, finished(3, 0.99), "accuracy", "maximize", settle=True)
+    run = writer.client.get_run(parent)
+    assert (run.data.tags["best.trial"], run.data.metrics["best_accuracy"]) == ("3", 0.99)
+    assert len(writer.client.get_metric_history(parent, "best_accuracy")) == 4
+
 
 # =========================================================================== 2. outage
 

@@ -34,7 +34,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
-from regsearch.space import RegConfig  # noqa: E402
+from regsearch.space import RegConfig, from_params  # noqa: E402
 from regsearch.spec import is_better  # noqa: E402
 from regsearch.storage import mask_url  # noqa: E402
 
@@ -143,24 +143,36 @@ class MlflowWriter:
         self.finish_trial(run_id, record, metric)
         return run_id, True
 
-    def set_best(self, parent_id: str, record: TrialRecord, metric: str,
-                 direction: str) -> None:
+    def set_best(self, parent_id: str, record: TrialRecord, metric: str, direction: str, *,
+                 settle: bool = False) -> None:
         """Name `record` the study's best unless the parent already holds one as good: other
         workers write the parent too. The point's step is the trial's number, or the last
-        step if that is higher, since MLflow shows the point with the highest step."""
-        history = self.client.get_metric_history(parent_id, f"best_{metric}")
-        held = None
-        for point in history:
-            if is_better(direction, point.value, held):
-                held = point.value
-        if not is_better(direction, record.value, held):
-            return
+        step if that is higher, since MLflow shows the point with the highest step.
+
+        With `settle`, `record` is the best read from the study itself (a worker stopping, or
+        sync): it is written unless the parent names it already, which mends two workers'
+        live writes that crossed.
+        """
+        key = f"best_{metric}"
+        history = self.client.get_metric_history(parent_id, key)
+        if settle:
+            shown = self.client.get_run(parent_id).data
+            if (shown.tags.get("best.trial"), shown.metrics.get(key)) == (str(record.number),
+                                                                          record.value):
+                return
+        else:
+            held = None
+            for point in history:
+                if is_better(direction, point.value, held):
+                    held = point.value
+            if not is_better(direction, record.value, held):
+                return
         config = record.config
         tags = {"best.trial": str(record.number), "best.regularizer": config.regularizer,
                 "best.l1": str(config.l1), "best.l2": str(config.l2),
                 "best.dropout": str(config.dropout)}
         step = max([record.number, *(point.step for point in history)])
-        self._log(parent_id, metrics=[Metric(f"best_{metric}", record.value,
+        self._log(parent_id, metrics=[Metric(key, record.value,
                                              int(time.time() * 1000), step)], tags=tags)
 
     def close_stale(self, experiment_id: str, alive: set[int]) -> list[int]:
@@ -257,6 +269,7 @@ class MlflowRecorder:
         self.thread.start()
         self.study = self.metric = self.direction = ""
         self.experiment_id = self.parent_id = ""
+        self.optuna_study: Any = None
         self.run_ids: dict[int, str] = {}
         self.best: float | None = None
 
@@ -266,6 +279,7 @@ class MlflowRecorder:
         info = self.ledger.study(run.spec.name)
         self.study, self.metric = info["name"], info["metric"]
         self.direction = info["direction"]
+        self.optuna_study = run.study
         alive = {t.number for t in run.running_trials()}
         storage = run.storage_url
         try:  # a resumed study must not let a worse trial become "best" in the parent
@@ -315,6 +329,10 @@ class MlflowRecorder:
 
     def close(self) -> None:
         """Wait a bounded time for queued writes; what is left stays for `regsearch sync`."""
+        best = self._study_best()
+        if best is not None:
+            self._submit(lambda: self.writer.set_best(self.parent_id, best, self.metric,
+                                                      self.direction, settle=True))
         self._submit(lambda: self.writer.end_parent(self.experiment_id, self.parent_id))
         self.tasks.put(None)
         self.thread.join(self.drain_seconds)
@@ -322,6 +340,15 @@ class MlflowRecorder:
             self._warn(f"MLflow writes did not finish within {self.drain_seconds:.0f}s")
 
     # ---------------------------------------------------------------- internals
+
+    def _study_best(self) -> TrialRecord | None:
+        """The best trial of the whole study (all workers'), as the study database has it."""
+        try:
+            trial = self.optuna_study.best_trial
+        except Exception:  # noqa: BLE001 - none complete yet, or the database is gone
+            return None
+        return TrialRecord(self.study, trial.number, "complete", from_params(trial.params),
+                           value=trial.value)
 
     def _better(self, record: TrialRecord) -> bool:
         if is_better(self.direction, record.value, self.best):
@@ -390,7 +417,7 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
         ledger.set_mlflow(name, record.number, run_id, synced=True)
         written, kept = written + created, kept + (not created)
     if best is not None:
-        writer.set_best(parent_id, best, study["metric"], study["direction"])
+        writer.set_best(parent_id, best, study["metric"], study["direction"], settle=True)
     writer.end_parent(experiment_id, parent_id)
     return written, kept
 
