@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Compiled XLA programs go to a folder of this test session (inherited by the processes tests
+# start), not the user's ~/.cache; within the session, packed tests share compiles as users do.
+os.environ.setdefault("REGSEARCH_COMPILE_CACHE", tempfile.mkdtemp(prefix="regsearch-xla-"))
 
 from regsearch.spec import StudySpec, parse_spec  # noqa: E402
 

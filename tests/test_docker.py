@@ -311,6 +311,15 @@ def test_workers_reserve_gpus_and_stop_gracefully(compose: dict[str, Any]) -> No
             assert services[name]["restart"] == "on-failure"
 
 
+def test_workers_share_a_compile_cache_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("worker", "worker-cpu"):
+        cache = services[name]["environment"]["REGSEARCH_COMPILE_CACHE"]
+        named = [v.split(":")[0] for v in services[name]["volumes"]
+                 if v.split(":")[1] == cache]
+        assert named and named[0] in compose["volumes"], (name, services[name]["volumes"])
+
+
 def test_mlflow_server_is_backed_by_postgres_with_an_artifact_store(
         compose: dict[str, Any]) -> None:
     mlflow = compose["services"]["mlflow"]

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from regsearch import interrupts, metrics
+from regsearch import compile_cache, interrupts, metrics
 from regsearch.data import Dataset
 from regsearch.model import OUTPUT_ACTIVATION
 from regsearch.space import RegConfig
@@ -333,6 +333,9 @@ class PackedTrainer:
                  pack_size: int) -> None:
         if pack_size < 1:
             raise ValueError(f"pack_size must be at least 1, not {pack_size}")
+        if _xla_available():
+            # Before any tensor exists: TensorFlow reads its XLA flags when it starts up.
+            compile_cache.enable(keras.backend.backend())
         self.spec, self.data = spec, data
         self.metric, self.direction = metric, direction
         self.pack_size = int(pack_size)

@@ -7,7 +7,9 @@ Contestants, on the same data, model, space and budget (N trials x E epochs, no 
                 returns the validation accuracy and logs one MLflow run per trial
   keras-tuner   KerasTuner `RandomSearch` over the same space (its own trial files)
   regsearch     regsearch with the reference trainer (`trainer: keras`), ledger + MLflow on
-  packed        regsearch with `trainer: packed` (skipped while the spec does not accept it)
+  packed        regsearch with `trainer: packed`, its XLA compile cache empty (a first run)
+  packed-warm   the same again, finding the programs `packed` compiled in its cache (any later
+                run, worker or recycled worker with the same model, pack size and batch)
 
 Each contestant runs in a fresh subprocess (this file re-invoked with `--contestant NAME`),
 one after the other, so no TensorFlow state, thread pool or cache carries over. Its wall time
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from regsearch.space import RegConfig
     from regsearch.spec import StudySpec
 
-CONTESTANTS = ("user-script", "keras-tuner", "regsearch", "packed")
+CONTESTANTS = ("user-script", "keras-tuner", "regsearch", "packed", "packed-warm")
 BASELINE = "user-script"
 PROBE = "matmul"
 SEED = 42
@@ -301,6 +303,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "keras-tuner": run_keras_tuner,
     "regsearch": run_regsearch,
     "packed": run_packed,
+    "packed-warm": run_packed,
     PROBE: run_matmul_probe,
 }
 
@@ -327,7 +330,7 @@ def child(opts: argparse.Namespace) -> int:
 
 def _recorded(contestant: str, workdir: Path) -> dict[str, Any]:
     """After the clock stops: how many trial runs reached MLflow (a check on the timing)."""
-    if contestant not in ("user-script", "regsearch", "packed") or \
+    if contestant not in ("user-script", "regsearch", "packed", "packed-warm") or \
             not (workdir / "mlflow.db").exists():
         return {}
     from mlflow import MlflowClient
@@ -340,7 +343,7 @@ def _recorded(contestant: str, workdir: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- parent
 
-def spawn(name: str, opts: argparse.Namespace) -> dict[str, Any]:
+def spawn(name: str, opts: argparse.Namespace, compile_cache: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-result-") as tmp:
         result_file = Path(tmp) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--contestant", name,
@@ -348,7 +351,8 @@ def spawn(name: str, opts: argparse.Namespace) -> dict[str, Any]:
                    "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size),
                    "--data", opts.data, "--hidden", ",".join(map(str, opts.hidden)),
                    *(["--pack-size", str(opts.pack_size)] if opts.pack_size else [])]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+               "REGSEARCH_COMPILE_CACHE": str(compile_cache)}
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=not opts.verbose, text=True)
         process_s = time.perf_counter() - started
@@ -485,15 +489,17 @@ def parent(opts: argparse.Namespace) -> int:
                   "epochs": opts.epochs, "batch_size": opts.batch_size, "seed": SEED},
         "results": {},
     }
-    print("matmul probe ...", file=sys.stderr, flush=True)
-    report["matmul"] = spawn(PROBE, opts)
-    for name in chosen:
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        report["results"][name] = out = spawn(name, opts)
-        if "skipped" in out:
-            print(f"{name}: {out['skipped']}", file=sys.stderr, flush=True)
-        elif "wall_s" in out:
-            print(f"{name}: {out['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    # One compile cache for this run, empty at the start: `packed` fills it, `packed-warm` reads.
+    with tempfile.TemporaryDirectory(prefix="bench-xla-") as cache:
+        print("matmul probe ...", file=sys.stderr, flush=True)
+        report["matmul"] = spawn(PROBE, opts, Path(cache))
+        for name in chosen:
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            report["results"][name] = out = spawn(name, opts, Path(cache))
+            if "skipped" in out:
+                print(f"{name}: {out['skipped']}", file=sys.stderr, flush=True)
+            elif "wall_s" in out:
+                print(f"{name}: {out['wall_s']:.1f} s", file=sys.stderr, flush=True)
     derive(report["results"], report["matmul"])
     print(render(report))
     if opts.out:
@@ -509,6 +515,9 @@ def _names(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown contestant(s) {unknown}; "
                                          f"choose from {', '.join(CONTESTANTS)}")
+    if "packed-warm" in names and "packed" not in names[:names.index("packed-warm")]:
+        raise argparse.ArgumentTypeError("packed-warm reads the cache packed fills: "
+                                         "list packed before it")
     return names
 
 
