@@ -18,7 +18,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from regsearch import interrupts, space
+from regsearch import asking, interrupts, space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import SpecError, StorageError, StudyMismatchError
 from regsearch.space import RegConfig
@@ -354,7 +354,7 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
     pruning = not isinstance(run.study.pruner, optuna.pruners.NopPruner)
     asked: list[_Running] = []
     try:
-        with run.ledger.budget_lock(run.spec.name):
+        with run.ledger.budget_lock(run.spec.name), asking.one_read(run.study):
             done, room = run.room()
             for _ in range(min(room, wanted)):
                 asked.append(_Running(run.study.ask(), None, listeners, pruning))
