@@ -33,6 +33,7 @@ class _OneReadStorage:
     def __init__(self, storage: optuna.storages.BaseStorage, study_id: int) -> None:
         self._storage = storage
         self._trials = list(storage.get_all_trials(study_id, deepcopy=False))
+        self._position = {t._trial_id: i for i, t in enumerate(self._trials)}
         self._copied: set[int] = set()
         self.live = True
 
@@ -48,6 +49,7 @@ class _OneReadStorage:
         if self.live:
             # A copy: `optuna.Trial` fills in its own cached trial's parameters as they are
             # suggested, and the asks after it must see the trial as the database had it.
+            self._position[trial_id] = len(self._trials)
             self._trials.append(copy.deepcopy(self._storage.get_trial(trial_id)))
             self._copied.add(trial_id)
         return trial_id
@@ -71,15 +73,13 @@ class _OneReadStorage:
 
     def _own_copy(self, trial_id: int) -> FrozenTrial | None:
         """The snapshot's trial, made a copy of its own (Optuna's cached one stays as it is)."""
-        if not self.live:
+        if not self.live or trial_id not in self._position:
             return None
-        for i, trial in enumerate(self._trials):
-            if trial._trial_id == trial_id:
-                if trial_id not in self._copied:
-                    self._trials[i] = trial = copy.deepcopy(trial)
-                    self._copied.add(trial_id)
-                return trial
-        return None
+        i = self._position[trial_id]
+        if trial_id not in self._copied:
+            self._trials[i] = copy.deepcopy(self._trials[i])
+            self._copied.add(trial_id)
+        return self._trials[i]
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Any = None) -> bool:
