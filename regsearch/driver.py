@@ -188,15 +188,17 @@ def reap_dead(run: StudyRun) -> None:
         optuna.storages.fail_stale_trials(run.study)
 
 
-def fail_abandoned(run: StudyRun, numbers: list[int]) -> None:
-    """Fail trials a dead process left running, in Optuna and the ledger; they are re-run."""
+def fail_abandoned(run: StudyRun) -> None:
+    """Fail every trial still running, in Optuna and the ledger; they are re-run.
+
+    Only for a process that holds the SQLite study alone: whatever runs there was left by
+    a process that died."""
     abandoned = {}
     for trial in run.running_trials():
-        if trial.number in numbers:
-            write_trial_details(run.study, trial._trial_id,
-                                {"fail_reason": ABANDONED, UNCOUNTED: True}, {})
-            run.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            abandoned[trial.number] = config_of(trial)
+        write_trial_details(run.study, trial._trial_id,
+                            {"fail_reason": ABANDONED, UNCOUNTED: True}, {})
+        run.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        abandoned[trial.number] = config_of(trial)
     run.ledger.fail_running(run.spec.name, abandoned, ABANDONED)
 
 
@@ -222,7 +224,7 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
     """
     with hold_sqlite(run.storage_url):
         if not run.shared:  # this process holds the SQLite study: what still runs was abandoned
-            fail_abandoned(run, [t.number for t in run.running_trials()])
+            fail_abandoned(run)
         return _run_study(run, trainer, listeners, max_trials)
 
 

@@ -473,7 +473,7 @@ def test_fail_abandoned_fails_the_trial_in_optuna_and_the_ledger(db_url, make_sp
     try:
         number = _abandon_one_trial(run)
         assert trial_rows(run.ledger.engine)[0]["state"] == "running"
-        driver.fail_abandoned(run, [number])
+        driver.fail_abandoned(run)
         [trial] = run.study.get_trials()
         assert trial.state == TrialState.FAIL
         assert trial.user_attrs["fail_reason"] == driver.ABANDONED
