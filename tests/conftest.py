@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +14,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Compiled XLA programs go to a folder of this test session (inherited by the processes tests
 # start), not the user's ~/.cache; within the session, packed tests share compiles as users do.
-os.environ.setdefault("REGSEARCH_COMPILE_CACHE", tempfile.mkdtemp(prefix="regsearch-xla-"))
+if "REGSEARCH_COMPILE_CACHE" not in os.environ:
+    os.environ["REGSEARCH_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="regsearch-xla-")
+    atexit.register(shutil.rmtree, os.environ["REGSEARCH_COMPILE_CACHE"], ignore_errors=True)
 
 from regsearch.spec import StudySpec, parse_spec  # noqa: E402
 
