@@ -12,13 +12,14 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Protocol, Sequence
 
 import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from regsearch import asking, interrupts, space
+from regsearch import interrupts, space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import SpecError, StorageError, StudyMismatchError
 from regsearch.space import RegConfig
@@ -26,6 +27,7 @@ from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
 from regsearch.storage import first_line, hold_sqlite, is_sqlite, mask_url, open_storage
+from regsearch.study_io import PackStorage, write_details
 from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
                                      TrialOutcome)
 
@@ -46,13 +48,21 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
+Started = tuple[int, RegConfig]  # (trial number, config)
+Ended = tuple[int, RegConfig, TrialOutcome]
+
+
 class Listener(Protocol):
-    """Told what happens, in order; must not raise (recorders turn failures into warnings)."""
+    """Told what happens, in order; must not raise (recorders turn failures into warnings).
+
+    Trials start and end in batches (a pack's slots fill together, and its trials often
+    end in the same epoch), so a recorder can write a batch in one transaction.
+    """
 
     def study_opened(self, run: StudyRun) -> None: ...
-    def trial_started(self, number: int, config: RegConfig) -> None: ...
+    def trials_started(self, started: list[Started]) -> None: ...
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> None: ...
-    def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None: ...
+    def trials_ended(self, ended: list[Ended]) -> None: ...
 
 
 @dataclass
@@ -88,6 +98,11 @@ class StudyRun:
 
     def running_trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    @cached_property
+    def pack(self) -> PackStorage:
+        """The study's storage for this process's batches of asks and tells."""
+        return PackStorage(self.study)
 
 
 def count_done(trials: Iterable[FrozenTrial]) -> int:
@@ -174,9 +189,8 @@ def _died(run: StudyRun, trial: FrozenTrial) -> None:
     """A trial whose worker went silent (Optuna failed it): re-queue it, close its records."""
     again = requeue(run.study, trial, run.spec.workers.max_retries)
     reason = DIED + ("; re-queued" if again else "; retried too often, not re-queued")
-    write_trial_details(run.study, trial._trial_id,
-                        {"fail_reason": reason, **({UNCOUNTED: True} if again else {})}, {},
-                        finished=True)
+    write_details(run.study._storage, {trial._trial_id: (
+        {"fail_reason": reason, **({UNCOUNTED: True} if again else {})}, {})}, finished=True)
     run.ledger.fail_running(run.spec.name, {trial.number: config_of(trial)}, reason)
     for recorder in run.recorders:
         getattr(recorder, "trials_killed", lambda _n: None)([trial.number])
@@ -193,12 +207,12 @@ def fail_abandoned(run: StudyRun) -> None:
 
     Only for a process that holds the SQLite study alone: whatever runs there was left by
     a process that died."""
-    abandoned = {}
-    for trial in run.running_trials():
-        write_trial_details(run.study, trial._trial_id,
-                            {"fail_reason": ABANDONED, UNCOUNTED: True}, {})
+    trials = run.running_trials()
+    write_details(run.study._storage, {trial._trial_id: (
+        {"fail_reason": ABANDONED, UNCOUNTED: True}, {}) for trial in trials})
+    for trial in trials:
         run.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        abandoned[trial.number] = config_of(trial)
+    abandoned = {trial.number: config_of(trial) for trial in trials}
     run.ledger.fail_running(run.spec.name, abandoned, ABANDONED)
 
 
@@ -313,7 +327,7 @@ def _run_one_by_one(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
         except BaseException as exc:
             _abort(run, [running], exc, listeners, heartbeat)
             raise
-        _tell(run, running, outcome, listeners, heartbeat)
+        _tell(run, [(running, outcome)], listeners, heartbeat)
     return False
 
 
@@ -337,8 +351,10 @@ def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
                     started += 1
             if not active:
                 return started >= max_trials
-            for slot, outcome in trainer.run_epoch().items():
-                _tell(run, active.pop(slot), outcome, listeners, heartbeat)
+            finished = trainer.run_epoch()
+            if finished:
+                _tell(run, [(active.pop(slot), outcome) for slot, outcome in finished.items()],
+                      listeners, heartbeat)
     except BaseException as exc:
         _abort(run, list(active.values()), exc, listeners, heartbeat)
         raise
@@ -356,16 +372,17 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
     pruning = not isinstance(run.study.pruner, optuna.pruners.NopPruner)
     asked: list[_Running] = []
     try:
-        with run.ledger.budget_lock(run.spec.name), asking.one_read(run.study):
+        with run.ledger.budget_lock(run.spec.name), run.pack.asking():
             done, room = run.room()
             for _ in range(min(room, wanted)):
                 asked.append(_Running(run.study.ask(), None, listeners, pruning))
                 if heartbeat is not None:
                     heartbeat.add(asked[-1].trial._trial_id)
                 asked[-1].config = space.suggest(asked[-1].trial, run.spec.space)
-        for running in asked:
+        if asked:
+            started = [(running.trial.number, running.config) for running in asked]
             for listener in listeners:
-                listener.trial_started(running.trial.number, running.config)
+                listener.trials_started(started)
     except BaseException as exc:
         _abort(run, asked, exc, listeners, heartbeat)
         raise
@@ -423,98 +440,56 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
     interrupted = isinstance(exc, KeyboardInterrupt)
     stopped = isinstance(exc, interrupts.Stopped)
     reason = STOPPED if stopped else INTERRUPTED if interrupted else f"error: {exc!r}"
-    for trial in running:
-        try:
-            _tell(run, trial, TrialOutcome(state=FAILED, reason=reason),
-                  listeners if trial.config else [], heartbeat, uncounted=interrupted)
-            if stopped and trial.config is not None:
-                requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id),
-                        run.spec.workers.max_retries)
-        except DATABASE_ERRORS:
-            # The database is gone: the trial stays RUNNING there, and the next process
-            # to open the study fails it (SQLite) or its missing heartbeat does (servers).
-            if isinstance(exc, DATABASE_ERRORS):
-                return
+    try:
+        told = _tell(run, [(trial, TrialOutcome(state=FAILED, reason=reason)) for trial in running],
+                     listeners, heartbeat, uncounted=interrupted)
+        for trial in (t for t in told if stopped and t.config is not None):
+            requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id),
+                    run.spec.workers.max_retries)
+    except DATABASE_ERRORS:
+        # The database is gone: the trials stay RUNNING there, and the next process to
+        # open the study fails them (SQLite) or their missing heartbeats do (servers).
+        if not isinstance(exc, DATABASE_ERRORS):
             raise
 
 
-def _tell(run: StudyRun, running: _Running, outcome: TrialOutcome,
+def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
           listeners: Sequence[Listener], heartbeat: Heartbeat | None = None, *,
-          uncounted: bool = False) -> None:
-    attrs = trial_attrs(outcome) | ({UNCOUNTED: True} if uncounted else {})
-    if heartbeat is not None:
-        heartbeat.remove(running.trial._trial_id)
-    try:
-        write_trial_details(run.study, running.trial._trial_id, attrs, running.unreported)
-        value = outcome.value if outcome.state == COMPLETE else None
-        run.study.tell(running.trial, value, state=_STATES[outcome.state])
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Another process found no heartbeat for this trial within the grace period and
-        # failed and re-queued it (its records say so); this result is dropped.
-        print(f"regsearch: warning: trial {running.trial.number} was declared dead by "
-              "another worker (no heartbeat within workers.grace_period; raise it if workers "
-              "are this busy); its re-queued copy runs instead", file=sys.stderr, flush=True)
-        return
-    for listener in listeners:
-        listener.trial_ended(running.trial.number, running.config, outcome)
+          uncounted: bool = False) -> list[_Running]:
+    """Tell Optuna how these trials ended (their details in one write), then the listeners.
 
-
-def write_trial_details(study: optuna.Study, trial_id: int, attrs: dict[str, Any],
-                        intermediate: dict[int, float], *, finished: bool = False) -> None:
-    """A trial's user attrs and intermediate values, in one transaction where possible.
-
-    Optuna's public calls take a transaction and two lookups per row (~30 rows per trial:
-    35-50 ms on SQLite). For `RDBStorage` the rows go in through its own models in one
-    session; those are private, so any other storage, or an Optuna whose models changed,
-    gets the public calls (`tests/test_driver.py` checks that this Optuna takes the batch).
+    Returns the trials told; a trial cut off before its config was chosen is told to
+    Optuna only (the listeners never heard of it).
     """
-    rdb = getattr(study._storage, "_backend", study._storage)
-    if _can_batch(rdb):
-        _write_rows(rdb, trial_id, attrs, intermediate, finished)
-        return
-    for step, value in intermediate.items():
-        study._storage.set_trial_intermediate_value(trial_id, step, value)
-    for key, value in attrs.items():
-        study._storage.set_trial_user_attr(trial_id, key, value)
-
-
-def _can_batch(storage: Any) -> bool:
-    if not isinstance(storage, optuna.storages.RDBStorage):
-        return False
-    try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
-    except ImportError:
-        return False
-    return all(hasattr(models.TrialModel, name) for name in ("find_or_raise_by_id",
-                                                             "intermediate_values",
-                                                             "user_attributes")) and hasattr(
-        models.TrialIntermediateValueModel, "intermediate_value_to_stored_repr")
-
-
-def _write_rows(rdb: optuna.storages.RDBStorage, trial_id: int, attrs: dict[str, Any],
-                intermediate: dict[int, float], finished: bool) -> None:
-    import json
-
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    values = models.TrialIntermediateValueModel
-    with _create_scoped_session(rdb.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-        if not finished:
-            rdb.check_trial_is_updatable(trial_id, trial.state)
-        steps = {row.step: row for row in trial.intermediate_values}
-        for step, value in intermediate.items():
-            stored, kind = values.intermediate_value_to_stored_repr(value)
-            row = steps.get(step) or values(trial_id=trial_id, step=step)
-            row.intermediate_value, row.intermediate_value_type = stored, kind
-            session.add(row)
-        keys = {row.key: row for row in trial.user_attributes}
-        for key, value in attrs.items():
-            row = keys.get(key) or models.TrialUserAttributeModel(trial_id=trial_id, key=key)
-            row.value_json = json.dumps(value)
-            session.add(row)
+    if heartbeat is not None:
+        for running, _ in finished:
+            heartbeat.remove(running.trial._trial_id)
+    extra = {UNCOUNTED: True} if uncounted else {}
+    refused = run.pack.write_details({running.trial._trial_id: (
+        trial_attrs(outcome) | extra, running.unreported) for running, outcome in finished})
+    told: list[tuple[_Running, TrialOutcome]] = []
+    with run.pack.telling():
+        for running, outcome in finished:
+            value = outcome.value if outcome.state == COMPLETE else None
+            try:
+                if running.trial._trial_id not in refused:
+                    run.study.tell(running.trial, value, state=_STATES[outcome.state])
+                    told.append((running, outcome))
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+            # Another process found no heartbeat for this trial within the grace period and
+            # failed and re-queued it (its records say so); this result is dropped.
+            print(f"regsearch: warning: trial {running.trial.number} was declared dead by "
+                  "another worker (no heartbeat within workers.grace_period; raise it if "
+                  "workers are this busy); its re-queued copy runs instead", file=sys.stderr,
+                  flush=True)
+    ended = [(running.trial.number, running.config, outcome) for running, outcome in told
+             if running.config is not None]
+    if ended:
+        for listener in listeners:
+            listener.trials_ended(ended)
+    return [running for running, _ in told]
 
 
 def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:

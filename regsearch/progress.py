@@ -36,13 +36,17 @@ class Progress:
             self.bar = tqdm(total=run.budget, initial=min(done, run.budget), unit="trial",
                             file=self.stream, dynamic_ncols=True)
 
-    def trial_started(self, number: int, config: RegConfig) -> None:
+    def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
         pass
 
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
         pass
 
-    def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
+    def trials_ended(self, ended: list[tuple[int, RegConfig, TrialOutcome]]) -> None:
+        for number, config, outcome in ended:
+            self._trial_ended(number, config, outcome)
+
+    def _trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
         if outcome.state == COMPLETE and outcome.value is not None:
             if is_better(self.direction, outcome.value, self.best and self.best[0]):
                 self.best = (outcome.value, number)

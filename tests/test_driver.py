@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from regsearch import driver, space
+from regsearch import driver, space, study_io
 from regsearch.errors import DataError, SpecError, StorageError, StudyMismatchError
 from regsearch.trainers import make_trainer
 
@@ -165,10 +165,10 @@ def test_trial_details_take_one_transaction_with_the_installed_optuna(make_spec)
     """The batched path (Optuna's private per-row writers) must still exist; else ~30
     commits per trial come back silently. Both paths must write the same records."""
     study_run = driver.open_run(make_spec())
-    assert driver._can_batch(study_run.study._storage._backend)
+    assert study_io.can_batch(study_run.study._storage._backend)
     batched, public = study_run.study.ask(), study_run.study.ask()
     attrs, steps = {"fail_reason": "x", "seconds": 1.5}, {1: 0.25, 2: 0.5}
-    driver.write_trial_details(study_run.study, batched._trial_id, attrs, steps)
+    study_io.write_details(study_run.study._storage, {batched._trial_id: (attrs, steps)})
     for step, value in steps.items():  # what the fallback does
         study_run.study._storage.set_trial_intermediate_value(public._trial_id, step, value)
     for key, value in attrs.items():

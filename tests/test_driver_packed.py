@@ -24,8 +24,8 @@ class Concurrency:
     def study_opened(self, run) -> None:
         pass
 
-    def trial_started(self, number, config) -> None:
-        self.running.add(number)
+    def trials_started(self, started) -> None:
+        self.running.update(number for number, _ in started)
         self.most = max(self.most, len(self.running))
 
     def epoch_ended(self, number, metrics) -> None:
@@ -33,9 +33,9 @@ class Concurrency:
         if self.reports == self.interrupt_at:
             interrupts.request()  # what the SIGINT handler does on Ctrl-C
 
-    def trial_ended(self, number, config, outcome) -> None:
-        self.running.discard(number)
-        self.ended += 1
+    def trials_ended(self, ended) -> None:
+        self.running.difference_update(number for number, _, _ in ended)
+        self.ended += len(ended)
 
 
 def packed_spec(make_spec, **overrides):

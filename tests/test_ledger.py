@@ -202,7 +202,7 @@ def test_fresh_ledger_creates_its_tables_and_schema_version(open_ledger, db_url)
     assert LEDGER_TABLES <= set(sa.inspect(ledger.engine).get_table_names())
     assert meta_rows(ledger.engine) == {"schema_version": str(SCHEMA_VERSION)}
     open_study(ledger)
-    ledger.trial_started(STUDY, 0, PRECISE)
+    ledger.trials_started(STUDY, [(0, PRECISE)])
 
     again = open_ledger()  # reopening keeps the rows and does not add a second version row
     assert meta_rows(again.engine) == {"schema_version": str(SCHEMA_VERSION)}
@@ -218,8 +218,8 @@ def test_fresh_ledger_creates_its_tables_and_schema_version(open_ledger, db_url)
 def test_other_schema_version_is_refused_and_rows_are_untouched(open_ledger, db_url) -> None:
     ledger = open_ledger()
     open_study(ledger)
-    ledger.trial_started(STUDY, 0, PRECISE)
-    ledger.trial_ended(STUDY, 0, PRECISE_OUTCOME)
+    ledger.trials_started(STUDY, [(0, PRECISE)])
+    ledger.trials_ended(STUDY, [(0, None, PRECISE_OUTCOME)])
     other = str(SCHEMA_VERSION + 6)
     with ledger.engine.begin() as conn:
         conn.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version")
@@ -242,8 +242,8 @@ def test_trial_row_and_epochs_hold_the_outcome_at_double_precision(open_ledger) 
     ledger = open_ledger()
     open_study(ledger)
     before = datetime.now(timezone.utc)
-    ledger.trial_started(STUDY, 0, PRECISE)
-    ledger.trial_ended(STUDY, 0, PRECISE_OUTCOME)
+    ledger.trials_started(STUDY, [(0, PRECISE)])
+    ledger.trials_ended(STUDY, [(0, None, PRECISE_OUTCOME)])
     after = datetime.now(timezone.utc)
 
     [row] = trial_rows(ledger.engine)
@@ -276,13 +276,13 @@ def test_trial_row_and_epochs_hold_the_outcome_at_double_precision(open_ledger) 
 def test_nan_outcome_fields_are_null_and_sql_aggregates_work(open_ledger) -> None:
     ledger = open_ledger()
     open_study(ledger)
-    ledger.trial_started(STUDY, 0, PRECISE)
-    ledger.trial_ended(STUDY, 0, PRECISE_OUTCOME)
-    ledger.trial_started(STUDY, 1, RegConfig("none", dropout=0.25))
+    ledger.trials_started(STUDY, [(0, PRECISE)])
+    ledger.trials_ended(STUDY, [(0, None, PRECISE_OUTCOME)])
+    ledger.trials_started(STUDY, [(1, RegConfig("none", dropout=0.25))])
     diverged = TrialOutcome(state="failed", value=NAN, reason="non-finite train_loss at epoch 1",
                             history=[EpochMetrics(1, NAN, NAN, NAN, INF)], seconds=0.25,
                             near_zero_share=NAN, test_metric=INF)
-    ledger.trial_ended(STUDY, 1, diverged)
+    ledger.trials_ended(STUDY, [(1, None, diverged)])
 
     row = trial_rows(ledger.engine)[1]
     assert row["state"] == "failed" and row["reason"] == "non-finite train_loss at epoch 1"
@@ -309,6 +309,31 @@ def test_nan_outcome_fields_are_null_and_sql_aggregates_work(open_ledger) -> Non
             "SELECT COUNT(*) FROM regsearch_trials WHERE value IS NULL")).scalar() == 1
 
 
+def test_a_batch_of_trials_is_one_transaction_each_way(open_ledger) -> None:
+    """A pack's trials start and end together: one commit for each batch, every row right,
+    a re-run trial reset, and a trial whose start was never written given a row."""
+    ledger = open_ledger()
+    open_study(ledger)
+    ledger.trials_started(STUDY, [(1, RegConfig("none"))])
+    ledger.trials_ended(STUDY, [(1, None, outcome(state="failed", value=None))])
+    commits = []
+    sa.event.listen(ledger.engine, "commit", lambda _conn: commits.append(1))
+    ledger.trials_started(STUDY, [(0, RegConfig("l1", l1=1e-4)), (1, RegConfig("l2", l2=1e-3)),
+                                  (2, RegConfig("none", dropout=0.2))])
+    assert len(commits) == 1
+    assert [r["state"] for r in trial_rows(ledger.engine)] == ["running"] * 3
+    assert epoch_rows(ledger.engine, 1) == []  # the failed attempt's epochs are gone
+    ledger.trials_ended(STUDY, [(0, RegConfig("l1", l1=1e-4), outcome(epochs=2, value=0.5)),
+                                (1, RegConfig("l2", l2=1e-3), outcome(epochs=3, value=0.7)),
+                                (3, RegConfig("l2", l2=2e-3), outcome(epochs=1, value=0.6))])
+    assert len(commits) == 2
+    rows = {r["number"]: r for r in trial_rows(ledger.engine)}
+    assert {n: (r["state"], r["value"], r["regularizer"]) for n, r in rows.items()} == {
+        0: ("complete", 0.5, "l1"), 1: ("complete", 0.7, "l2"), 2: ("running", None, "none"),
+        3: ("complete", 0.6, "l2")}
+    assert [len(epoch_rows(ledger.engine, n)) for n in range(4)] == [2, 3, 0, 1]
+
+
 # --------------------------------------------------------------------------- 3. flags
 
 def test_mlflow_flags_and_unsynced_records(open_ledger) -> None:
@@ -316,10 +341,10 @@ def test_mlflow_flags_and_unsynced_records(open_ledger) -> None:
     open_study(ledger)
     open_study(ledger, "other")
     for number in (0, 1, 2):
-        ledger.trial_started(STUDY, number, RegConfig("l2", l2=1e-3))
-    ledger.trial_started("other", 0, RegConfig("none"))
-    ledger.trial_ended(STUDY, 0, outcome())
-    ledger.trial_ended(STUDY, 1, outcome())
+        ledger.trials_started(STUDY, [(number, RegConfig("l2", l2=1e-3))])
+    ledger.trials_started("other", [(0, RegConfig("none"))])
+    ledger.trials_ended(STUDY, [(0, None, outcome())])
+    ledger.trials_ended(STUDY, [(1, None, outcome())])
 
     assert not ledger.is_synced(STUDY, 0)
     ledger.set_mlflow(STUDY, 0, "run-a", synced=False)
@@ -346,10 +371,11 @@ def test_fail_running_touches_only_running_trials_of_its_study(open_ledger) -> N
     open_study(ledger)
     open_study(ledger, "other")
     for number in (0, 1, 2):
-        ledger.trial_started(STUDY, number, RegConfig("l1", l1=1e-4))
-    ledger.trial_started("other", 2, RegConfig("none"))
-    ledger.trial_ended(STUDY, 0, outcome())
-    ledger.trial_ended(STUDY, 1, outcome(state="pruned", epochs=1, reason="pruned at epoch 1"))
+        ledger.trials_started(STUDY, [(number, RegConfig("l1", l1=1e-4))])
+    ledger.trials_started("other", [(2, RegConfig("none"))])
+    ledger.trials_ended(STUDY, [(0, None, outcome())])
+    ledger.trials_ended(STUDY, [(1, None, outcome(state="pruned", epochs=1,
+                                                  reason="pruned at epoch 1"))])
     finished = {r["number"]: r for r in trial_rows(ledger.engine)}
 
     config = RegConfig("l1", l1=1e-4)
@@ -371,18 +397,18 @@ def test_fail_running_touches_only_running_trials_of_its_study(open_ledger) -> N
 def test_restarted_trial_replaces_its_epochs(open_ledger) -> None:
     ledger = open_ledger()
     open_study(ledger)
-    ledger.trial_started(STUDY, 0, RegConfig("l1", l1=1e-4))
-    ledger.trial_ended(STUDY, 0, outcome(epochs=3, scale=1.0))
-    ledger.trial_started(STUDY, 1, RegConfig("none"))
-    ledger.trial_ended(STUDY, 1, outcome(epochs=3, scale=3.0))
+    ledger.trials_started(STUDY, [(0, RegConfig("l1", l1=1e-4))])
+    ledger.trials_ended(STUDY, [(0, None, outcome(epochs=3, scale=1.0))])
+    ledger.trials_started(STUDY, [(1, RegConfig("none"))])
+    ledger.trials_ended(STUDY, [(1, None, outcome(epochs=3, scale=3.0))])
 
-    ledger.trial_started(STUDY, 0, RegConfig("l2", l2=2e-3, dropout=0.1))
+    ledger.trials_started(STUDY, [(0, RegConfig("l2", l2=2e-3, dropout=0.1))])
     assert epoch_rows(ledger.engine, 0) == []
     [row0, _] = trial_rows(ledger.engine)
     assert (row0["state"], row0["regularizer"], row0["l1"], row0["l2"], row0["dropout"]) == (
         "running", "l2", 0.0, 2e-3, 0.1)
 
-    ledger.trial_ended(STUDY, 0, outcome(epochs=2, scale=2.0, value=0.7))
+    ledger.trials_ended(STUDY, [(0, None, outcome(epochs=2, scale=2.0, value=0.7))])
     assert epoch_rows(ledger.engine, 0) == [(1, 2.0, 2.0 / 2, 0.6, 0.02),
                                             (2, 1.0, 2.0 / 3, 0.7, 0.04)]
     assert len(epoch_rows(ledger.engine, 1)) == 3  # the other trial keeps its epochs
@@ -395,11 +421,12 @@ def test_restarted_trial_replaces_its_epochs(open_ledger) -> None:
 def test_restarted_trial_forgets_the_previous_attempt(open_ledger) -> None:
     ledger = open_ledger()
     open_study(ledger)
-    ledger.trial_started(STUDY, 0, RegConfig("l1", l1=1e-4))
-    ledger.trial_ended(STUDY, 0, outcome(value=0.95, reason="early stopping at epoch 3"))
+    ledger.trials_started(STUDY, [(0, RegConfig("l1", l1=1e-4))])
+    ledger.trials_ended(STUDY, [(0, None, outcome(value=0.95,
+                                                  reason="early stopping at epoch 3"))])
     ledger.set_mlflow(STUDY, 0, "run-old", synced=True)
 
-    ledger.trial_started(STUDY, 0, RegConfig("l2", l2=2e-3))
+    ledger.trials_started(STUDY, [(0, RegConfig("l2", l2=2e-3))])
     [row] = trial_rows(ledger.engine)
     stale = {column: row[column] for column in ("value", "reason", "finished", *SUMMARY_FIELDS)
              if row[column] not in (None, 0)}
@@ -464,7 +491,7 @@ def _abandon_one_trial(run: driver.StudyRun) -> int:
     config = space.suggest(trial, run.spec.space)
     for recorder in run.recorders:
         recorder.study_opened(run)
-        recorder.trial_started(trial.number, config)
+        recorder.trials_started([(trial.number, config)])
     return trial.number
 
 

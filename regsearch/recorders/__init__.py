@@ -10,7 +10,7 @@ from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 
 class LedgerRecorder:
-    """A `driver.Listener` writing each trial's row at its start and its end."""
+    """A `driver.Listener` writing trials' rows at their start and their end, a batch at a time."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -19,11 +19,11 @@ class LedgerRecorder:
     def study_opened(self, run: Any) -> None:
         self.study = run.spec.name
 
-    def trial_started(self, number: int, config: RegConfig) -> None:
-        self.ledger.trial_started(self.study, number, config)
+    def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
+        self.ledger.trials_started(self.study, started)
 
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
         pass  # written with the trial, in one transaction
 
-    def trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
-        self.ledger.trial_ended(self.study, number, outcome, config=config)
+    def trials_ended(self, ended: list[tuple[int, RegConfig, TrialOutcome]]) -> None:
+        self.ledger.trials_ended(self.study, ended)

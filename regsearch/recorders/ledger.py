@@ -13,11 +13,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (DeclarativeBase, Mapped, Session, mapped_column, relationship,
+                            selectinload)
 
 from regsearch.errors import StorageError
 from regsearch.space import RegConfig
@@ -218,45 +219,55 @@ class Ledger:
                             .with_for_update())
             yield
 
-    def trial_started(self, study: str, number: int, config: RegConfig) -> None:
+    def trials_started(self, study: str, started: Sequence[tuple[int, RegConfig]]) -> None:
+        """One transaction for a batch of trials starting (a pack's slots fill together)."""
         with Session(self.engine) as session, session.begin():
-            self._start_row(session, study, number, config)
+            self._start_rows(session, study, started, self._rows(session, study, started))
 
-    def _start_row(self, session: Session, study: str, number: int,
-                   config: RegConfig) -> TrialRow:
-        row = self._trial(session, study, number)
-        if row is None:
-            row = TrialRow(study_id=self._study_id(session, study), number=number)
-            session.add(row)
-        row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
-        row.regularizer, row.l1, row.l2, row.dropout = (
-            config.regularizer, config.l1, config.l2, config.dropout)
-        # A re-run trial starts clean: nothing of an earlier attempt may look current.
-        for name in _RESULT_FIELDS:
-            setattr(row, name, None)
-        row.epochs_run, row.mlflow_synced = 0, False
-        row.epochs.clear()
-        return row
+    def _start_rows(self, session: Session, study: str,
+                    started: Sequence[tuple[int, RegConfig]],
+                    rows: dict[int, TrialRow]) -> dict[int, TrialRow]:
+        study_id = None
+        for number, config in started:
+            row = rows.get(number)
+            if row is None:
+                study_id = study_id or self._study_id(session, study)
+                row = rows[number] = TrialRow(study_id=study_id, number=number)
+                session.add(row)
+            row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
+            row.regularizer, row.l1, row.l2, row.dropout = (
+                config.regularizer, config.l1, config.l2, config.dropout)
+            # A re-run trial starts clean: nothing of an earlier attempt may look current.
+            for name in _RESULT_FIELDS:
+                setattr(row, name, None)
+            row.epochs_run, row.mlflow_synced = 0, False
+            row.epochs.clear()
+        return rows
 
-    def trial_ended(self, study: str, number: int, outcome: TrialOutcome, *,
-                    config: RegConfig | None = None) -> None:
-        """One transaction for the trial row and all of its epochs.
+    def trials_ended(self, study: str,
+                     ended: Sequence[tuple[int, RegConfig | None, TrialOutcome]]) -> None:
+        """One transaction for a batch of trial rows and all of their epochs.
 
-        With `config`, the row is created if its start was never written (Ctrl-C between
-        the two).
+        A trial whose start was never written (Ctrl-C between the two) gets its row here,
+        from its config.
         """
         with Session(self.engine) as session, session.begin():
-            row = self._trial(session, study, number)
-            if row is None and config is not None:
-                row = self._start_row(session, study, number, config)
-            row.state, row.reason, row.finished = outcome.state, outcome.reason, _now()
-            row.value = _finite(outcome.value)
-            for key, value in outcome.summary().items():
-                setattr(row, key, _finite(value) if isinstance(value, float) else value)
-            row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=_finite(m.train_loss),
-                                      val_loss=_finite(m.val_loss),
-                                      val_metric=_finite(m.val_metric),
-                                      penalty=_finite(m.penalty)) for m in outcome.history]
+            rows = self._rows(session, study, ended, epochs=True)
+            self._start_rows(session, study, [(number, config) for number, config, _ in ended
+                                              if number not in rows and config is not None],
+                             rows)
+            for number, _, outcome in ended:
+                row = rows.get(number)
+                if row is None:  # never started, and no config to start it with
+                    continue
+                row.state, row.reason, row.finished = outcome.state, outcome.reason, _now()
+                row.value = _finite(outcome.value)
+                for key, value in outcome.summary().items():
+                    setattr(row, key, _finite(value) if isinstance(value, float) else value)
+                row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=_finite(m.train_loss),
+                                          val_loss=_finite(m.val_loss),
+                                          val_metric=_finite(m.val_metric),
+                                          penalty=_finite(m.penalty)) for m in outcome.history]
 
     def fail_running(self, study: str, trials: Mapping[int, RegConfig], reason: str) -> None:
         """Trials a dead process left `running` are failed with the reason, as in Optuna.
@@ -265,11 +276,13 @@ class Ledger:
         gets one, so the ledger still holds every trial Optuna has.
         """
         with Session(self.engine) as session, session.begin():
-            for number, config in trials.items():
-                row = self._trial(session, study, number) or self._start_row(
-                    session, study, number, config)
-                if row.state == RUNNING:
-                    row.state, row.reason, row.finished = "failed", reason, _now()
+            rows = self._rows(session, study, list(trials))
+            self._start_rows(session, study, [(n, c) for n, c in trials.items() if n not in rows],
+                             rows)
+            for number in trials:
+                if rows[number].state == RUNNING:
+                    rows[number].state, rows[number].reason = "failed", reason
+                    rows[number].finished = _now()
 
     def set_mlflow(self, study: str, number: int, run_id: str | None, synced: bool) -> None:
         with Session(self.engine) as session, session.begin():
@@ -310,6 +323,16 @@ class Ledger:
 
     def _study_id(self, session: Session, name: str) -> int:
         return session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name))
+
+    def _rows(self, session: Session, study: str, trials: Sequence[Any], *,
+              epochs: bool = False) -> dict[int, TrialRow]:
+        """The rows of these trials ({number: row}); each item is a number or starts with one."""
+        numbers = [t if isinstance(t, int) else t[0] for t in trials]
+        query = (sa.select(TrialRow).join(StudyRow)
+                 .where(StudyRow.name == study, TrialRow.number.in_(numbers)))
+        if epochs:
+            query = query.options(selectinload(TrialRow.epochs))
+        return {row.number: row for row in session.scalars(query)}
 
     def _trial(self, session: Session, study: str, number: int) -> TrialRow | None:
         return session.scalar(sa.select(TrialRow).join(StudyRow)

@@ -112,7 +112,10 @@ class MlflowWriter:
         return run.info.run_id
 
     def finish_trial(self, run_id: str, record: TrialRecord, metric: str) -> None:
-        """All epochs and the outcome in batches, then the completion tag last."""
+        """The run's end, then all epochs, the outcome and the completion tag in batches.
+
+        The completion tag comes with the last batch (one transaction each): a run that has
+        it has everything; one cut off before is rebuilt by `sync`."""
         stamp = _ms(record.finished) or int(time.time() * 1000)
         metrics = [Metric(key, value, stamp, m.epoch) for m in record.epochs for key, value in (
             ("train_loss", m.train_loss), ("val_loss", m.val_loss), (f"val_{metric}", m.val_metric),
@@ -122,9 +125,8 @@ class MlflowWriter:
         if record.value is not None:
             metrics.append(Metric("value", record.value, stamp, 0))
         tags = {STATE: record.state, "regsearch.reason": record.reason or ""}
-        self._log(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, _status(record), end_time=_ms(record.finished))
-        self._log(run_id, tags={DONE: "true"})
+        self._log(run_id, metrics=metrics, tags={**tags, DONE: "true"})
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
                     metric: str) -> tuple[str, bool]:
@@ -212,14 +214,18 @@ class MlflowWriter:
 
     def _log(self, run_id: str, *, metrics: Iterable[Metric] = (),
              params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
-        """As few `log_batch` calls as MLflow's limits allow (1000 metrics, 100 params/tags)."""
+        """As few `log_batch` calls as MLflow's limits allow (1000 metrics, 100 params);
+        the tags (a few) go with the last call, so a completion tag lands with the last data."""
         metrics = list(metrics)
         param_list = [Param(k, v) for k, v in (params or {}).items()]
         tag_list = [RunTag(k, v) for k, v in (tags or {}).items()]
-        while metrics or param_list or tag_list:
-            self.client.log_batch(run_id, metrics=metrics[:_BATCH], params=param_list[:100],
-                                  tags=tag_list[:100])
-            metrics, param_list, tag_list = metrics[_BATCH:], param_list[100:], tag_list[100:]
+        if not (metrics or param_list or tag_list):
+            return
+        calls = max(-(-len(metrics) // _BATCH), -(-len(param_list) // 100), 1)
+        for i in range(calls):
+            self.client.log_batch(run_id, metrics=metrics[i * _BATCH:(i + 1) * _BATCH],
+                                  params=param_list[i * 100:(i + 1) * 100],
+                                  tags=tag_list if i == calls - 1 else [])
 
 
 def _status(record: TrialRecord) -> str:
@@ -294,31 +300,34 @@ class MlflowRecorder:
             self.writer.close_stale(self.experiment_id, alive)
         self._submit(open_study)
 
-    def trial_started(self, number: int, config: RegConfig) -> None:
-        started = datetime.now(timezone.utc)
+    def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
+        moment = datetime.now(timezone.utc)
+        for number, config in started:
+            self._submit(lambda number=number, config=config: self._start(number, config,
+                                                                          moment))
 
-        def start() -> None:
-            run_id = self.writer.start_trial(self.experiment_id, self.parent_id, self.study,
-                                             number, config, started, worker_tags())
-            self.run_ids[number] = run_id
-            self.ledger.set_mlflow(self.study, number, run_id, synced=False)
-        self._submit(start)
+    def _start(self, number: int, config: RegConfig, started: datetime) -> None:
+        run_id = self.writer.start_trial(self.experiment_id, self.parent_id, self.study,
+                                         number, config, started, worker_tags())
+        self.run_ids[number] = run_id
+        self.ledger.set_mlflow(self.study, number, run_id, synced=False)
 
     def epoch_ended(self, number: int, metrics: Any) -> None:
         pass  # epochs reach MLflow in one batch when the trial ends
 
-    def trial_ended(self, number: int, config: RegConfig, outcome: Any) -> None:
-        record = TrialRecord.from_outcome(self.study, number, config, outcome)
+    def trials_ended(self, ended: list[tuple[int, RegConfig, Any]]) -> None:
+        for number, config, outcome in ended:
+            record = TrialRecord.from_outcome(self.study, number, config, outcome)
+            self._submit(lambda record=record: self._finish(record))
 
-        def finish() -> None:
-            run_id = self.run_ids.pop(number, None) or self.writer.start_trial(
-                self.experiment_id, self.parent_id, self.study, number, config, record.started,
-                worker_tags())
-            self.writer.finish_trial(run_id, record, self.metric)
-            self.ledger.set_mlflow(self.study, number, run_id, synced=True)
-            if record.value is not None and record.state == "complete" and self._better(record):
-                self.writer.set_best(self.parent_id, record, self.metric, self.direction)
-        self._submit(finish)
+    def _finish(self, record: TrialRecord) -> None:
+        run_id = self.run_ids.pop(record.number, None) or self.writer.start_trial(
+            self.experiment_id, self.parent_id, self.study, record.number, record.config,
+            record.started, worker_tags())
+        self.writer.finish_trial(run_id, record, self.metric)
+        self.ledger.set_mlflow(self.study, record.number, run_id, synced=True)
+        if record.value is not None and record.state == "complete" and self._better(record):
+            self.writer.set_best(self.parent_id, record, self.metric, self.direction)
 
     def trials_killed(self, numbers: list[int]) -> None:
         """Trials of a dead worker (failed by this process): their runs end KILLED."""
