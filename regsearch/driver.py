@@ -27,7 +27,7 @@ from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
 from regsearch.storage import first_line, hold_sqlite, is_sqlite, mask_url, open_storage
-from regsearch.study_io import PackStorage, write_details
+from regsearch.study_io import PackStorage, unbeaten_trial_ids, write_details
 from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
                                      TrialOutcome)
 
@@ -197,9 +197,19 @@ def _died(run: StudyRun, trial: FrozenTrial) -> None:
 
 
 def reap_dead(run: StudyRun) -> None:
-    """Fail (and re-queue) trials of workers whose heartbeats stopped; any process may."""
-    if run.shared:
-        optuna.storages.fail_stale_trials(run.study)
+    """Fail (and re-queue) trials of workers whose heartbeats stopped, or that died before
+    their first beat; any process may."""
+    if not run.shared:
+        return
+    optuna.storages.fail_stale_trials(run.study)
+    storage = run.study._storage
+    for trial_id in unbeaten_trial_ids(storage, run.study._study_id,
+                                       run.spec.workers.grace_period):
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                _died(run, storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first
 
 
 def fail_abandoned(run: StudyRun) -> None:

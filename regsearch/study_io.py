@@ -26,7 +26,7 @@ import copy
 import json
 from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -272,3 +272,32 @@ def _write_rows(rdb: optuna.storages.RDBStorage,
                 row.value_json = json.dumps(value)
                 session.add(row)
     return refused
+
+
+# --------------------------------------------------------------------------- reaping
+
+def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int,
+                       grace_period: float) -> list[int]:
+    """Running trials that never had a heartbeat and started over `grace_period` ago.
+
+    Their process died between creating them and its first beat for them (a live one beats
+    at once), so no heartbeat will ever go stale: Optuna's reaper, which looks only at
+    trials with a heartbeat, never fails them, and they would hold the budget forever.
+    Optuna keeps heartbeats in a private table, so an Optuna without it finds none.
+    """
+    rdb = getattr(storage, "_backend", storage)
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy.orm import selectinload
+
+        started_before = datetime.now() - timedelta(seconds=grace_period)
+        with _create_scoped_session(rdb.scoped_session) as session:
+            running = (session.query(models.TrialModel)
+                       .options(selectinload(models.TrialModel.heartbeats))
+                       .filter(models.TrialModel.study_id == study_id,
+                               models.TrialModel.state == TrialState.RUNNING).all())
+            return [t.trial_id for t in running if not t.heartbeats
+                    and t.datetime_start is not None and t.datetime_start < started_before]
+    except (ImportError, AttributeError):
+        return []

@@ -24,7 +24,10 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from regsearch import driver
 from regsearch.driver import DIED, STOPPED, UNCOUNTED
+from regsearch.spec import load_spec
+from regsearch.trainers import make_trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -400,6 +403,33 @@ def test_a_killed_workers_trial_is_failed_rerun_and_its_mlflow_run_killed(tmp_pa
     assert rerun[0].state == TrialState.COMPLETE
     assert ledger_rows(storage, "killed")[victim.number][0] == "failed"
     assert mlflow_trials(mlflow, "killed")[victim.number] == ["KILLED"]
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_a_trial_whose_process_died_before_its_first_heartbeat_is_rerun(tmp_path, fresh_db,
+                                                                        kind) -> None:
+    """A process can die between creating a trial and its first heartbeat for it (seen: the
+    database cut just then). Optuna's reaper looks only at trials with a heartbeat, so the
+    budget waited for that trial forever; now it is failed and re-queued like a dead
+    worker's once it is older than the grace period."""
+    url = fresh_db(kind)
+    path = write_study(tmp_path, "unbeaten", trials=2, heartbeat_interval=1, grace_period=2)
+    path.write_text(path.read_text() + "mlflow:\n  enabled: false\n")
+    run = driver.open_run(load_spec(path), storage=url)
+    orphan = run.study.ask()  # created, never beaten: what the dead process left
+    orphan.suggest_float("dropout", 0.0, 0.5)
+    driver.reap_dead(run)
+    assert run.study.get_trials()[0].state == TrialState.RUNNING  # not yet past the grace
+    time.sleep(2.5)
+    driver.reap_dead(run)
+    trials = run.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"].startswith(DIED)
+    assert trials[1].params == orphan.params
+    assert driver.run_study(run, make_trainer(run)) is False
+    trials = run.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert trials[1].params["dropout"] == orphan.params["dropout"]  # the re-queued copy ran
 
 
 def test_sigterm_ends_a_worker_in_its_grace_period_and_requeues_its_trial(tmp_path,
