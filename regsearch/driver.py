@@ -16,7 +16,6 @@ from functools import cached_property
 from typing import Any, Iterable, Protocol, Sequence
 
 import optuna
-import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from regsearch import interrupts, space
@@ -26,7 +25,8 @@ from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
-from regsearch.storage import first_line, hold_sqlite, is_sqlite, mask_url, open_storage
+from regsearch.storage import (DATABASE_ERRORS, first_line, hold_sqlite, is_sqlite, mask_url,
+                              open_storage)
 from regsearch.study_io import PackStorage, unbeaten_trial_ids, write_details
 from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
                                      TrialOutcome)
@@ -37,9 +37,6 @@ STOPPED = "its worker was stopped (SIGTERM); re-queued"
 ABANDONED = "its process ended while the trial was running"
 DIED = "its worker stopped sending heartbeats (killed or lost)"
 UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
-#: What a lost or unreachable database raises through SQLAlchemy and Optuna.
-DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                   optuna.exceptions.StorageInternalError)
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -146,7 +143,7 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
         rdb.heartbeat_stale_trial_callback = lambda _study, trial: _died(run, trial)
     run.recorders = [LedgerRecorder(ledger)]
     if mlflow or spec.mlflow.enabled:
-        from regsearch.recorders.mlflow import MlflowRecorder  # ~1 s to import; only when used
+        from regsearch.recorders.mlflow_live import MlflowRecorder
 
         run.recorders.append(MlflowRecorder(mlflow or spec.mlflow.tracking_uri, ledger))
     return run

@@ -18,6 +18,10 @@ _DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mys
                   "MySQLdb": "mysql"}
 
 
+#: What a lost or unreachable database raises through SQLAlchemy and Optuna.
+DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                   optuna.exceptions.StorageInternalError)
+
 _PASSWORD_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
 
 

@@ -174,7 +174,7 @@ class PackStorage:
     def _write_params(self, params: list[tuple[int, str, float, Any]]) -> None:
         """The batch's parameters in one transaction where possible, with the database's
         own check that a name keeps its distribution across the study's trials."""
-        rdb = getattr(self._storage, "_backend", self._storage)
+        rdb = _rdb(self._storage)
         if not (params and can_batch(rdb) and hasattr(rdb, "_set_trial_param_without_commit")):
             for param in params:
                 self._storage.set_trial_param(*param)
@@ -217,7 +217,7 @@ def write_details(storage: optuna.storages.BaseStorage,
     gets the public calls (`tests/test_driver.py` checks that this Optuna takes the batch).
     `finished` writes to trials that are finished already (a dead worker's).
     """
-    rdb = getattr(storage, "_backend", storage)
+    rdb = _rdb(storage)
     if can_batch(rdb):
         return _write_rows(rdb, details, finished)
     refused = set()
@@ -274,6 +274,12 @@ def _write_rows(rdb: optuna.storages.RDBStorage,
     return refused
 
 
+
+def _rdb(storage: Any) -> Any:
+    """The storage under Optuna's `_CachedStorage` wrapper, if any (an `RDBStorage`)."""
+    return getattr(storage, "_backend", storage)
+
+
 # --------------------------------------------------------------------------- reaping
 
 def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int,
@@ -285,7 +291,7 @@ def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int,
     trials with a heartbeat, never fails them, and they would hold the budget forever.
     Optuna keeps heartbeats in a private table, so an Optuna without it finds none.
     """
-    rdb = getattr(storage, "_backend", storage)
+    rdb = _rdb(storage)
     try:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session

@@ -11,29 +11,30 @@ import pytest
 
 from regsearch import compile_cache
 
-# A process that trains one tiny pack for one epoch and prints the cache folder it used.
+# A process that trains one tiny pack for one epoch, set up as `regsearch run` sets it up (the
+# automatic pack size queries the backend's devices first), and prints the backend used.
 _TRAIN_ONE_PACK = """
 import sys
-from regsearch.data import load_dataset
+from regsearch.driver import open_run
 from regsearch.spec import parse_spec
 from regsearch.space import RegConfig
-from regsearch.trainers.packed import PackedTrainer
+from regsearch.trainers import make_trainer
 import keras
 spec = parse_spec({"name": "c", "data": {"builtin": "digits"}, "model": {"hidden_units": [8]},
                    "train": {"epochs": 1, "batch_size": 256}, "trainer": "packed",
+                   "search": {"n_trials": 8},
                    "storage": "sqlite:///" + sys.argv[1] + "/s.db"}, source="test")
-data = load_dataset(spec.data, seed=0)
-trainer = PackedTrainer(spec, data, metric="accuracy", direction="maximize", pack_size=2)
+trainer = make_trainer(open_run(spec))
 trainer.assign(RegConfig("l2", l2=1e-3), seed=1, prune=lambda m: False)
 trainer.run_epoch()
-print("backend", keras.backend.backend())
+print("backend", keras.backend.backend(), "pack", trainer.pack_size)
 """
 
 
 def _train_one_pack(tmp_path: Path, cache: Path, **env: str) -> str:
     result = subprocess.run(
         [sys.executable, "-c", _TRAIN_ONE_PACK, str(tmp_path)], capture_output=True, text=True,
-        timeout=300, env={**os.environ, compile_cache.ENV: str(cache), **env})
+        timeout=300, cwd=tmp_path, env={**os.environ, compile_cache.ENV: str(cache), **env})
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -78,7 +79,8 @@ def test_a_cache_the_user_configured_is_left_alone(monkeypatch, tmp_path: Path) 
 def test_a_second_process_loads_the_first_ones_compiles(tmp_path: Path, backend: str) -> None:
     cache = tmp_path / "cache"
     env = {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "TF_XLA_FLAGS": ""}
-    assert f"backend {backend}" in _train_one_pack(tmp_path, cache, **env)
+    # the automatic pack (a quarter of 8 trials): its size came from the device query
+    assert f"backend {backend} pack 2" in _train_one_pack(tmp_path, cache, **env)
     (folder,) = cache.iterdir()
     assert folder.name.startswith(f"{backend}-")
     first = _entries(folder)

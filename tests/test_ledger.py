@@ -346,23 +346,29 @@ def test_mlflow_flags_and_unsynced_records(open_ledger) -> None:
     ledger.trials_ended(STUDY, [(0, None, outcome())])
     ledger.trials_ended(STUDY, [(1, None, outcome())])
 
+    assert ledger.numbers(STUDY, "running") == {2} and ledger.numbers("other", "running") == {0}
+    assert ledger.numbers(STUDY, outcome().state) == {0, 1}
     assert not ledger.is_synced(STUDY, 0)
-    ledger.set_mlflow(STUDY, 0, "run-a", synced=False)
+    ledger.set_mlflow(STUDY, {0: "run-a"}, synced=False)
     assert not ledger.is_synced(STUDY, 0)
-    ledger.set_mlflow(STUDY, 0, None, synced=True)  # no new id: the old one is kept
+    ledger.set_mlflow(STUDY, {0: None}, synced=True)  # no new id: the old one is kept
     assert ledger.is_synced(STUDY, 0)
     assert not ledger.is_synced("other", 0)  # same number, other study
     assert not ledger.is_synced(STUDY, 42) and not ledger.is_synced("nope", 0)
-    ledger.set_mlflow(STUDY, 42, "run-x", synced=True)  # unknown trial: ignored, not created
+    ledger.set_mlflow(STUDY, {42: "run-x"}, synced=True)  # unknown trial: ignored, not created
 
     assert [(r.number, r.mlflow_run_id) for r in ledger.records(STUDY)] == [
         (0, "run-a"), (1, None), (2, None)]
     assert [r.number for r in ledger.records(STUDY, unsynced_only=True)] == [1, 2]
-    ledger.set_mlflow(STUDY, 2, "run-c", synced=True)
+    ledger.set_mlflow(STUDY, {2: "run-c"}, synced=True)
     assert [r.number for r in ledger.records(STUDY, unsynced_only=True)] == [1]
-    ledger.set_mlflow(STUDY, 0, "run-b", synced=False)
+    ledger.set_mlflow(STUDY, {0: "run-b"}, synced=False)
     assert [r.number for r in ledger.records(STUDY, unsynced_only=True)] == [0, 1]
     assert [r.mlflow_run_id for r in ledger.records(STUDY)] == ["run-b", None, "run-c"]
+    ledger.set_mlflow(STUDY, {1: "run-d", 2: None, 42: "run-y"}, synced=True)  # a batch
+    assert [(r.mlflow_run_id, ledger.is_synced(STUDY, r.number))
+            for r in ledger.records(STUDY)] == [("run-b", False), ("run-d", True),
+                                                ("run-c", True)]
     assert scalar(ledger.engine, "SELECT COUNT(*) FROM regsearch_trials") == 4
 
 
@@ -424,7 +430,7 @@ def test_restarted_trial_forgets_the_previous_attempt(open_ledger) -> None:
     ledger.trials_started(STUDY, [(0, RegConfig("l1", l1=1e-4))])
     ledger.trials_ended(STUDY, [(0, None, outcome(value=0.95,
                                                   reason="early stopping at epoch 3"))])
-    ledger.set_mlflow(STUDY, 0, "run-old", synced=True)
+    ledger.set_mlflow(STUDY, {0: "run-old"}, synced=True)
 
     ledger.trials_started(STUDY, [(0, RegConfig("l2", l2=2e-3))])
     [row] = trial_rows(ledger.engine)

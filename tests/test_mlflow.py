@@ -484,7 +484,7 @@ def test_sync_failing_midway_is_one_masked_user_error(recorded: Recorded, tmp_pa
 
     shutil.copy(recorded.folder / "study.db", tmp_path / "study.db")
     storage = sqlite_url(tmp_path / "study.db")
-    Ledger(storage).set_mlflow("hb", 3, None, synced=False)  # one trial MLflow lacks
+    Ledger(storage).set_mlflow("hb", {3: None}, synced=False)  # one trial MLflow lacks
 
     def server_gone(*args: Any, **kwargs: Any) -> Any:  # what an HTTP store raises
         raise MlflowException(f"API request to http://alice:{SECRET}@127.0.0.1:5000/api/2.0/"
@@ -502,7 +502,8 @@ def test_the_parent_run_ends_only_when_no_trial_of_any_worker_runs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers share a study: the first to stop must not end the study's parent run
     while the other still trains; the last one ends it; a resumed study reopens it."""
-    from regsearch.recorders.mlflow import GPU, WORKER, MlflowWriter, worker_tags
+    from regsearch.recorders.mlflow import MlflowWriter
+    from regsearch.recorders.mlflow_live import GPU, WORKER, worker_tags
     from regsearch.space import RegConfig
 
     writer = MlflowWriter(sqlite_url(tmp_path / "ml.db"))
@@ -694,7 +695,8 @@ def test_a_killed_run_is_closed_as_killed_when_the_study_is_reopened(tmp_path: P
     name = "stale"
     storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
     path = study_file(tmp_path, name, storage=storage, tracking_uri=tracking,
-                      train={"epochs": 20, "batch_size": 32}, search={"n_trials": 2})
+                      train={"epochs": 100, "batch_size": 32}, search={"n_trials": 2})
+    # 100 epochs: trial 1 trains for seconds, long enough to be killed while it runs
     run = Watched(tmp_path, "run", path.name)
     try:
         run.wait_line("trial 0 ", CLI_TIMEOUT)
@@ -807,7 +809,7 @@ class ScriptedTrainer:
 
 def run_in_process(spec: Any, trainer: ScriptedTrainer, **kwargs: Any) -> Any:
     from regsearch import driver
-    from regsearch.recorders.mlflow import MlflowRecorder
+    from regsearch.recorders.mlflow_live import MlflowRecorder
 
     run = driver.open_run(spec, **kwargs)
     driver.run_study(run, trainer)
@@ -849,3 +851,73 @@ def test_resumed_study_keeps_the_best_of_earlier_runs(make_spec) -> None:
     parent = parent_run(spec.mlflow.tracking_uri, spec.name)
     assert parent.data.tags["best.trial"] == "0"
     assert parent.data.metrics["best_accuracy"] == 0.9
+
+
+# =========================================================================== 6. writer process
+
+def test_the_training_process_never_imports_mlflow(make_spec, tmp_path: Path) -> None:
+    """MLflow's import and writes run in the writer process; all runs still land."""
+    spec_path = tmp_path / "tiny.json"
+    spec_path.write_text(json.dumps({
+        "name": "apart", "data": {"builtin": "digits"}, "model": {"hidden_units": [8]},
+        "train": {"epochs": 1, "batch_size": 256}, "search": {"n_trials": 3},
+        "storage": sqlite_url(tmp_path / "study.db"),
+        "mlflow": {"tracking_uri": sqlite_url(tmp_path / "mlflow.db")}}))
+    script = (
+        "import sys\n"
+        "from regsearch import driver\n"
+        "from regsearch.spec import load_spec\n"
+        "from regsearch.trainers import make_trainer\n"
+        f"run = driver.open_run(load_spec({str(spec_path)!r}))\n"
+        "driver.run_study(run, make_trainer(run))\n"
+        "print('mlflow imported:', 'mlflow' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, env=child_env(), timeout=CLI_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mlflow imported: False" in done.stdout, done.stdout
+    runs = client_runs(sqlite_url(tmp_path / "mlflow.db"), "apart")
+    trials = [r for r in runs if r.data.tags.get("regsearch.role") == "trial"]
+    assert sorted(int(r.data.tags["regsearch.trial"]) for r in trials) == [0, 1, 2]
+    assert all(r.info.status == "FINISHED" and r.data.tags.get("regsearch.complete") == "true"
+               for r in trials)
+
+
+class KillsTheWriter(ScriptedTrainer):
+    """Kills the MLflow writer process before its second trial trains."""
+
+    def __init__(self, recorder: Any, *values: float) -> None:
+        super().__init__(*values)
+        self.recorder, self.calls = recorder, 0
+
+    def train(self, config: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.recorder.tasks.join()  # the first trial's writes are in MLflow
+            self.recorder.writer.kill()
+        return super().train(config, **kwargs)
+
+
+def test_a_dead_writer_process_is_one_warning_and_the_study_goes_on(
+        make_spec, tmp_path: Path) -> None:
+    import io
+
+    from regsearch import driver
+    from regsearch.recorders.mlflow_live import MlflowRecorder
+
+    spec = make_spec()
+    storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
+    run = driver.open_run(spec, n_trials=4, storage=storage, mlflow=tracking)
+    (recorder,) = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
+    recorder.stream = io.StringIO()
+    driver.run_study(run, KillsTheWriter(recorder, 0.5, 0.6, 0.7, 0.8))
+    assert [t.state for t in trials_of(storage, spec.name)] == [TrialState.COMPLETE] * 4
+    assert recorder.failed is not None and "writer process ended" in recorder.failed
+    warnings = [line for line in recorder.stream.getvalue().splitlines() if WARNING in line]
+    assert len(warnings) == 1 and f"regsearch sync {spec.name}" in warnings[0], warnings
+    runs = client_runs(tracking, spec.name)
+    assert [r.data.tags["regsearch.trial"] for r in runs
+            if r.data.tags.get("regsearch.complete") == "true"] == ["0"]
+    # what MLflow missed is in the ledger: sync writes the three trials after the kill
+    from regsearch.recorders.mlflow import sync_study
+
+    assert sync_study(spec.name, storage, tracking) == (3, 1)

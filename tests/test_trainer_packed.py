@@ -215,8 +215,12 @@ def test_train_step_is_traced_once_across_packs_and_refills(make_spec) -> None:
     trainer.assign(CONFIGS["l1"], seed=0, prune=_never)
     trainer.assign(CONFIGS["l2"], seed=1, prune=_never)
     trainer.run_epoch()
-    traces, function = PackedNet.traces, trainer.model.train_function
-    assert traces - before <= 2  # full batches, and at most once more for the last one
+    traces, function = PackedNet.traces, _compiled_epoch(trainer)
+    assert function is not None
+    if keras.backend.backend() == "tensorflow":
+        assert traces - before == 1  # the last batch is padded: one shape
+    else:
+        assert traces - before <= 2  # full batches, and at most once more for the last one
     finished = trainer.run_epoch()
     assert sorted(finished) == [0, 1]
     for pack in range(2):  # two more packs, through refilled slots
@@ -225,7 +229,14 @@ def test_train_step_is_traced_once_across_packs_and_refills(make_spec) -> None:
         trainer.run_epoch()
         trainer.run_epoch()
     assert PackedNet.traces == traces
-    assert trainer.model.train_function is function
+    assert _compiled_epoch(trainer) is function
+
+
+def _compiled_epoch(trainer: PackedTrainer):  # noqa: ANN202 - a backend's function
+    """What the trainer calls to train an epoch, as compiled the first time."""
+    if keras.backend.backend() == "tensorflow":
+        return trainer._tf_epoch.function
+    return trainer.model.train_function
 
 
 def test_unsupported_optimizer_is_a_clear_error(make_spec) -> None:

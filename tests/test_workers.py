@@ -136,6 +136,19 @@ def ledger_rows(url: str, name: str) -> dict[int, tuple[str, str | None]]:
         engine.dispose()
 
 
+def ledger_run_id(url: str, name: str, number: int) -> str | None:
+    """The MLflow run id the ledger holds for a trial (None until its run exists)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT t.mlflow_run_id FROM regsearch_trials t JOIN regsearch_studies s "
+                "ON s.id = t.study_id WHERE s.name = :n AND t.number = :k"),
+                {"n": name, "k": number}).scalar()
+    finally:
+        engine.dispose()
+
+
 def mlflow_runs(tracking_uri: str, name: str) -> list[Any]:
     """Every run of the study's experiment: the parent and the trials."""
     from mlflow.tracking import MlflowClient
@@ -389,7 +402,14 @@ def test_a_killed_workers_trial_is_failed_rerun_and_its_mlflow_run_killed(tmp_pa
     study = write_study(tmp_path, "killed", trials=3, epochs=60, trainer="keras")
     doomed = init_and_start_worker(tmp_path, study, storage, mlflow)
     victim = wait_for_running(storage, "killed")
-    time.sleep(2)
+    # MLflow's writer process may start the trial's run seconds after the trial starts
+    # (it imports MLflow first); the run must exist to be closed as KILLED.
+    # The ledger names the run once it exists (read there: a second MLflow client on a
+    # store the worker may still be creating could race its schema migrations).
+    deadline = time.monotonic() + 120
+    while not ledger_run_id(storage, "killed", victim.number):
+        assert time.monotonic() < deadline, "the trial's MLflow run was never started"
+        time.sleep(0.3)
     doomed.kill()
     doomed.wait()
     survivor = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow)
@@ -496,6 +516,49 @@ def test_database_going_away_fails_clearly_loses_nothing_and_run_continues(tmp_p
     trials = check_agreement(direct, mlflow, "away", 4)
     assert all({t.number: (t.state, t.value, t.params) for t in trials}[n] == before[n]
                for n in before)
+
+
+class CutsTheDatabase:
+    """The real trainer, but the database goes away before the second trial trains, and
+    only then may the MLflow thread (held at a gate so far) start its work."""
+
+    def __init__(self, trainer: Any, relay: Relay, gate: threading.Event) -> None:
+        self.trainer, self.relay, self.gate, self.calls = trainer, relay, gate, 0
+
+    def train(self, config: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.relay.cut()
+            self.gate.set()
+        return self.trainer.train(config, **kwargs)
+
+
+def test_mlflow_lagging_behind_a_lost_database_still_records_the_finished_trials(
+        tmp_path, fresh_db) -> None:
+    """CI once caught the MLflow thread still opening the study when the database went:
+    its ledger read failed, was taken for an MLflow failure, and no run was written for a
+    trial the study had completed."""
+    from regsearch.errors import StorageError
+    from regsearch.recorders.mlflow_live import MlflowRecorder
+
+    direct, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    url = sa.make_url(direct)
+    relay = Relay(url.host or "127.0.0.1", url.port or 5432)
+    through = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    spec = load_spec(write_study(tmp_path, "lag", trials=3, epochs=2, trainer="keras"))
+    run = driver.open_run(spec, storage=through, mlflow=mlflow)
+    (recorder,) = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
+    gate = threading.Event()
+    recorder.tasks.put(gate.wait)  # MLflow lags: nothing of it is done before the cut
+    try:
+        with pytest.raises(StorageError, match="lost the database"):
+            driver.run_study(run, CutsTheDatabase(make_trainer(run), relay, gate))
+    finally:
+        gate.set()
+        relay.restore()
+    assert recorder.failed is None  # MLflow itself never failed
+    [done] = counted(trials_of(direct, "lag"))
+    assert mlflow_trials(mlflow, "lag")[done.number] == ["FINISHED"]
 
 
 def test_a_worker_recycles_its_process_after_its_quota(tmp_path, fresh_db) -> None:

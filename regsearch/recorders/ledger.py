@@ -284,11 +284,12 @@ class Ledger:
                     rows[number].state, rows[number].reason = "failed", reason
                     rows[number].finished = _now()
 
-    def set_mlflow(self, study: str, number: int, run_id: str | None, synced: bool) -> None:
+    def set_mlflow(self, study: str, runs: Mapping[int, str | None], synced: bool) -> None:
+        """{trial number: MLflow run id} in one transaction; None keeps the known id, and a
+        trial the ledger does not have is skipped."""
         with Session(self.engine) as session, session.begin():
-            row = self._trial(session, study, number)
-            if row is not None:
-                row.mlflow_run_id = run_id or row.mlflow_run_id
+            for number, row in self._rows(session, study, list(runs)).items():
+                row.mlflow_run_id = runs[number] or row.mlflow_run_id
                 row.mlflow_synced = synced
 
     # ------------------------------------------------------------------ reading
@@ -320,6 +321,12 @@ class Ledger:
                 query = query.where(TrialRow.mlflow_synced.is_(False))
             for row in session.scalars(query):
                 yield _record(study, row)
+
+    def numbers(self, study: str, state: str) -> set[int]:
+        """The numbers of the study's trials in `state` ("failed", "running", ...)."""
+        with Session(self.engine) as session:
+            return set(session.scalars(sa.select(TrialRow.number).join(StudyRow)
+                                       .where(StudyRow.name == study, TrialRow.state == state)))
 
     def _study_id(self, session: Session, name: str) -> int:
         return session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name))

@@ -1,23 +1,17 @@
 """MLflow: one experiment per study, a parent run per study, a nested child run per trial.
 
 MLflow is a view of the ledger. Runs are addressed by explicit ids through `MlflowClient`
-(no global active run), so parallel trials cannot cross. Live logging happens on one
-background thread with short HTTP timeouts: a slow or dead tracking server never stalls
-training; the first failure is one warning, later writes are skipped, and the ledger keeps
-what MLflow is missing for `regsearch sync`.
+(no global active run), so parallel trials cannot cross. `MlflowWriter` makes the writes,
+for `regsearch sync` here and, in a child process, for live recording (`mlflow_live`).
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import socket
-import sys
-import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Iterable
 
 # MLflow's defaults retry a dead server for minutes; these bound each call to seconds.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -34,13 +28,13 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
-from regsearch.space import RegConfig, from_params  # noqa: E402
+from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
+from regsearch.space import RegConfig  # noqa: E402
 from regsearch.spec import is_better  # noqa: E402
 from regsearch.storage import mask_url  # noqa: E402
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                                    "regsearch.state", "regsearch.complete")
-WORKER, GPU = "regsearch.worker", "regsearch.gpu"
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
 
@@ -177,12 +171,15 @@ class MlflowWriter:
         self._log(parent_id, metrics=[Metric(key, record.value,
                                              int(time.time() * 1000), step)], tags=tags)
 
-    def close_stale(self, experiment_id: str, alive: set[int]) -> list[int]:
-        """Trial runs still RUNNING whose trial is not running any more become KILLED."""
+    def close_stale(self, experiment_id: str, failed: set[int]) -> list[int]:
+        """Trial runs still RUNNING whose trial failed (its process died) become KILLED.
+
+        Only failed trials: a run of a trial that another worker has just completed may
+        still be RUNNING until that worker's own writes land, and must not be killed."""
         closed = []
         for run in self._find(experiment_id, "attributes.status = 'RUNNING'"):
             number = run.data.tags.get(TRIAL)
-            if number is not None and int(number) not in alive:
+            if number is not None and int(number) in failed:
                 self._kill(run.info.run_id)
                 closed.append(int(number))
         return closed
@@ -238,151 +235,12 @@ def _status(record: TrialRecord) -> str:
     return _STATUS.get(record.state, "FAILED")
 
 
-def worker_tags() -> dict[str, str]:
-    """Which process (and GPU) ran a trial, so a slow or failing worker can be found."""
-    tags = {WORKER: f"{socket.gethostname()}:{os.getpid()}"}
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if gpus and gpus != "-1":
-        tags[GPU] = gpus
-    return tags
-
-
-def _problem(exc: BaseException) -> str:
-    """One line about an MLflow failure, safe to print (its URLs carry passwords)."""
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return mask_url(f"{type(exc).__name__}: {text}")
-
-
 def _ms(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1000) if moment is not None else None
 
 
 def _subdir(root: str | None, name: str) -> str | None:
     return f"{root}/{name}" if root else None
-
-
-class MlflowRecorder:
-    """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
-
-    def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
-                 drain_seconds: float = 30.0) -> None:
-        self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
-        self.drain_seconds = drain_seconds
-        self.failed: str | None = None
-        self.writer: MlflowWriter | None = None
-        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._work, name="regsearch-mlflow", daemon=True)
-        self.thread.start()
-        self.study = self.metric = self.direction = ""
-        self.experiment_id = self.parent_id = ""
-        self.optuna_study: Any = None
-        self.run_ids: dict[int, str] = {}
-        self.best: float | None = None
-
-    # ---------------------------------------------------------------- listener
-
-    def study_opened(self, run: Any) -> None:
-        info = self.ledger.study(run.spec.name)
-        self.study, self.metric = info["name"], info["metric"]
-        self.direction = info["direction"]
-        self.optuna_study = run.study
-        alive = {t.number for t in run.running_trials()}
-        storage = run.storage_url
-        try:  # a resumed study must not let a worse trial become "best" in the parent
-            self.best = run.study.best_value
-        except ValueError:
-            self.best = None
-
-        def open_study() -> None:
-            self.writer = MlflowWriter(self.tracking_uri)
-            self.experiment_id = self.writer.experiment(self.study)
-            self.parent_id = self.writer.parent_run(self.experiment_id, info, storage)
-            self.writer.close_stale(self.experiment_id, alive)
-        self._submit(open_study)
-
-    def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
-        moment = datetime.now(timezone.utc)
-        for number, config in started:
-            self._submit(lambda number=number, config=config: self._start(number, config,
-                                                                          moment))
-
-    def _start(self, number: int, config: RegConfig, started: datetime) -> None:
-        run_id = self.writer.start_trial(self.experiment_id, self.parent_id, self.study,
-                                         number, config, started, worker_tags())
-        self.run_ids[number] = run_id
-        self.ledger.set_mlflow(self.study, number, run_id, synced=False)
-
-    def epoch_ended(self, number: int, metrics: Any) -> None:
-        pass  # epochs reach MLflow in one batch when the trial ends
-
-    def trials_ended(self, ended: list[tuple[int, RegConfig, Any]]) -> None:
-        for number, config, outcome in ended:
-            record = TrialRecord.from_outcome(self.study, number, config, outcome)
-            self._submit(lambda record=record: self._finish(record))
-
-    def _finish(self, record: TrialRecord) -> None:
-        run_id = self.run_ids.pop(record.number, None) or self.writer.start_trial(
-            self.experiment_id, self.parent_id, self.study, record.number, record.config,
-            record.started, worker_tags())
-        self.writer.finish_trial(run_id, record, self.metric)
-        self.ledger.set_mlflow(self.study, record.number, run_id, synced=True)
-        if record.value is not None and record.state == "complete" and self._better(record):
-            self.writer.set_best(self.parent_id, record, self.metric, self.direction)
-
-    def trials_killed(self, numbers: list[int]) -> None:
-        """Trials of a dead worker (failed by this process): their runs end KILLED."""
-        def kill() -> None:
-            for number in numbers:
-                self.writer.kill_trial(self.experiment_id, number)
-        self._submit(kill)
-
-    def close(self) -> None:
-        """Wait a bounded time for queued writes; what is left stays for `regsearch sync`."""
-        best = self._study_best()
-        if best is not None:
-            self._submit(lambda: self.writer.set_best(self.parent_id, best, self.metric,
-                                                      self.direction, settle=True))
-        self._submit(lambda: self.writer.end_parent(self.experiment_id, self.parent_id))
-        self.tasks.put(None)
-        self.thread.join(self.drain_seconds)
-        if self.thread.is_alive():
-            self._warn(f"MLflow writes did not finish within {self.drain_seconds:.0f}s")
-
-    # ---------------------------------------------------------------- internals
-
-    def _study_best(self) -> TrialRecord | None:
-        """The best trial of the whole study (all workers'), as the study database has it."""
-        try:
-            trial = self.optuna_study.best_trial
-        except Exception:  # noqa: BLE001 - none complete yet, or the database is gone
-            return None
-        return TrialRecord(self.study, trial.number, "complete", from_params(trial.params),
-                           value=trial.value)
-
-    def _better(self, record: TrialRecord) -> bool:
-        if is_better(self.direction, record.value, self.best):
-            self.best = record.value
-            return True
-        return False
-
-    def _submit(self, task: Callable[[], None]) -> None:
-        if self.failed is None:
-            self.tasks.put(task)
-
-    def _work(self) -> None:
-        while (task := self.tasks.get()) is not None:
-            if self.failed is not None:
-                continue
-            try:
-                task()
-            except Exception as exc:  # any MLflow failure: warn once, keep training
-                self.failed = _problem(exc)
-                self._warn(self.failed)
-
-    def _warn(self, problem: str) -> None:
-        print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} failed ({problem}); "
-              f"training continues and the ledger keeps every trial; run `regsearch sync "
-              f"{self.study}` once MLflow is back", file=self.stream, flush=True)
 
 
 def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int]:
@@ -407,7 +265,7 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
         parent_id = writer.parent_run(experiment_id, study, storage_url)
     except Exception as exc:
         raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} is not reachable "
-                             f"({_problem(exc)}); start it and run sync again") from None
+                             f"({problem_line(exc)}); start it and run sync again") from None
     written = kept = 0
     best: TrialRecord | None = None
     # Every finished trial is checked against MLflow itself (by its trial tag), not the
@@ -421,9 +279,9 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
                                                  study["metric"])
         except Exception as exc:
             raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} failed while writing "
-                                 f"trial {record.number} ({_problem(exc)}); {written} runs "
+                                 f"trial {record.number} ({problem_line(exc)}); {written} runs "
                                  "were written; run sync again") from None
-        ledger.set_mlflow(name, record.number, run_id, synced=True)
+        ledger.set_mlflow(name, {record.number: run_id}, synced=True)
         written, kept = written + created, kept + (not created)
     if best is not None:
         writer.set_best(parent_id, best, study["metric"], study["direction"], settle=True)

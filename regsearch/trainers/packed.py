@@ -19,6 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import keras
 import numpy as np
@@ -109,6 +110,19 @@ def member_sample_losses(task: str, y_true, logits):
     return ops.mean(ops.square(target - logits), axis=-1)
 
 
+def _masked_sum(losses, row_mask):
+    """(K,) sums of (K, B) per-sample losses over the real rows, and how many there are.
+
+    A mask of 1/0 per row marks the padding of a short last batch (`None`: all rows real);
+    `where`, not a product, so a padding row's non-finite loss cannot leak into a sum.
+    """
+    if row_mask is None:
+        return ops.sum(losses, axis=1), ops.shape(losses)[1]
+    real = ops.greater(ops.reshape(row_mask, (1, -1)), 0)
+    return (ops.sum(ops.where(real, losses, ops.zeros_like(losses)), axis=1),
+            ops.sum(ops.cast(row_mask, losses.dtype)))
+
+
 class MemberDataLoss(keras.metrics.Metric):
     """Per-member mean data loss over the samples seen (training mode), shape (K,)."""
 
@@ -120,8 +134,9 @@ class MemberDataLoss(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         losses = member_sample_losses(self.task, y_true, y_pred)
-        self.total.assign_add(ops.sum(losses, axis=1))
-        self.count.assign_add(ops.cast(ops.shape(losses)[1], self.count.dtype))
+        total, count = _masked_sum(losses, sample_weight)
+        self.total.assign_add(total)
+        self.count.assign_add(ops.cast(count, self.count.dtype))
 
     def result(self):
         return self.total / self.count
@@ -181,8 +196,8 @@ class PackedNet(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
-        per_member = ops.mean(member_sample_losses(self.task, y, y_pred), axis=1)
-        per_member = per_member + self.penalties()
+        total, count = _masked_sum(member_sample_losses(self.task, y, y_pred), sample_weight)
+        per_member = total / ops.cast(count, total.dtype) + self.penalties()
         # where, not a product: a diverged member's NaN must not reach the others.
         keep = ops.logical_and(ops.greater(self.active, 0.5), ops.isfinite(per_member))
         return ops.sum(ops.where(keep, per_member, ops.zeros_like(per_member)))
@@ -318,6 +333,31 @@ def _xla_available() -> bool:
     return not is_op_determinism_enabled()
 
 
+def start_backend() -> None:
+    """Turn the XLA compile cache on, before anything makes the backend start up.
+
+    TensorFlow reads its XLA flags once, when its runtime starts: the first tensor, and also
+    a device query such as the pack size's GPU check. Called first by each of them.
+    """
+    if _xla_available():
+        compile_cache.enable(keras.backend.backend())
+
+
+#: After an epoch: each member's mean training data loss (K,), its validation outputs
+#: (K, N, out) and its weights (K, ...) in `build_model(...).get_weights()` order.
+_Readout = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
+
+
+def _activate(logits, task: str):  # noqa: ANN001, ANN202 - backend tensors
+    """The standard model's output activation on the packed logits."""
+    activation = OUTPUT_ACTIVATION[task]
+    if activation == "softmax":
+        return ops.softmax(logits, axis=-1)
+    if activation == "sigmoid":
+        return ops.sigmoid(logits)
+    return logits
+
+
 def _effective(config: RegConfig) -> tuple[float, float]:
     l1 = config.l1 if config.regularizer in ("l1", "l1_l2") else 0.0
     l2 = config.l2 if config.regularizer in ("l2", "l1_l2") else 0.0
@@ -333,9 +373,7 @@ class PackedTrainer:
                  pack_size: int) -> None:
         if pack_size < 1:
             raise ValueError(f"pack_size must be at least 1, not {pack_size}")
-        if _xla_available():
-            # Before any tensor exists: TensorFlow reads its XLA flags when it starts up.
-            compile_cache.enable(keras.backend.backend())
+        start_backend()
         self.spec, self.data = spec, data
         self.metric, self.direction = metric, direction
         self.pack_size = int(pack_size)
@@ -346,10 +384,12 @@ class PackedTrainer:
                                data.output_units, spec.model.activation, data.task,
                                seed=spec.seed)
         self.loss_metric = MemberDataLoss(self.pack_size, data.task)
-        # One compiled call per epoch (steps_per_execution) and XLA: a packed step is small
-        # and its elementwise work (Adam, penalties, dropout) is worth fusing.
+        # XLA: a packed step is small and its elementwise work (Adam, penalties, dropout) is
+        # worth fusing. steps_per_execution: `fit` (JAX) runs an epoch in one compiled call;
+        # TensorFlow runs its own epoch program (`_TensorFlowEpoch`). A weighted metric, so
+        # it is given that program's row mask of a padded last batch.
         steps = max(1, -(-len(data.x_train) // spec.train.batch_size))
-        self.model.compile(optimizer=self.optimizer, metrics=[self.loss_metric],
+        self.model.compile(optimizer=self.optimizer, weighted_metrics=[self.loss_metric],
                            jit_compile=_xla_available(), steps_per_execution=steps)
         self.optimizer.build(self.model.trainable_variables)
         self.rng = np.random.default_rng(spec.seed)
@@ -359,7 +399,7 @@ class PackedTrainer:
         self._hook = _BatchHook()
         self._x_train = np.asarray(data.x_train, np.float32)
         self._y_train = np.asarray(data.y_train)
-        self._tf_feed: _TensorFlowFeed | None = None
+        self._tf_epoch: _TensorFlowEpoch | None = None
 
     # ------------------------------------------------------------------ slots
 
@@ -433,14 +473,8 @@ class PackedTrainer:
         n = len(self._x_train)
         order = self.rng.permutation(n) if order is None else np.asarray(order)
         self.last_order = order
-        self._train_epoch(order)
-        train_loss = np.asarray(keras.ops.convert_to_numpy(self.loss_metric.result()))
-        val_out = self._outputs(self.data.x_val)
-        hidden = [np.asarray(keras.ops.convert_to_numpy(layer.kernel))
-                  for layer in self.model.hidden]
-        l1 = np.asarray(keras.ops.convert_to_numpy(self.model.l1))
-        l2 = np.asarray(keras.ops.convert_to_numpy(self.model.l2))
-        full = [np.asarray(keras.ops.convert_to_numpy(v)) for v in self._variables()]
+        train_loss, val_out, full = self._train_epoch(order)
+        hidden = full[0:2 * len(self.model.hidden):2]
         share = (time.perf_counter() - started) / len(self.slots)
 
         finished: dict[int, TrialOutcome] = {}
@@ -449,9 +483,9 @@ class PackedTrainer:
             slot.epochs += 1
             slot.seconds += share
             val_loss, val_metric = self._evaluate(val_out[k], self.data.y_val)
-            penalty = float(sum(float(np.float32(l1[k]) * np.sum(np.abs(w[k]), dtype=np.float32)
-                                      + np.float32(l2[k]) * np.sum(np.square(w[k]),
-                                                                   dtype=np.float32))
+            l1, l2 = map(np.float32, _effective(slot.config))
+            penalty = float(sum(float(l1 * np.sum(np.abs(w[k]), dtype=np.float32)
+                                      + l2 * np.sum(np.square(w[k]), dtype=np.float32))
                                 for w in hidden))
             current = EpochMetrics(epoch=slot.epochs, train_loss=float(train_loss[k]),
                                    val_loss=val_loss, val_metric=val_metric, penalty=penalty)
@@ -462,25 +496,40 @@ class PackedTrainer:
                 finished[k] = self._finish(k)
         return finished
 
-    def _train_epoch(self, order: np.ndarray) -> None:
-        """One pass over the training rows in `order`, as each backend runs it fastest.
+    def _train_epoch(self, order: np.ndarray) -> _Readout:
+        """One pass over the training rows in `order`, as each backend runs it fastest; then
+        what the epoch's scores need (`_Readout`).
 
-        TensorFlow keeps one `tf.data` pipeline over two variables, built once; each
-        epoch's shuffled rows are assigned to them. `fit` on NumPy arrays would build and
-        trace a new pipeline every epoch (a third of a packed epoch), and `fit` itself costs
-        ~35 ms a call beyond the steps (a new iterator, callbacks, logs), as much as a small
-        pack's epoch: after the first epoch, which `fit` runs to build and trace the step,
-        Keras's compiled train function is called directly on one endless iterator. Other
-        backends iterate NumPy arrays without such costs.
+        On TensorFlow one compiled program runs the whole epoch and its readout
+        (`_TensorFlowEpoch`); other backends go through `fit`, which on JAX iterates NumPy
+        arrays without such costs, and read out after it.
         """
         x, y = self._x_train[order], self._y_train[order]
         if keras.backend.backend() != "tensorflow":
             self.model.fit(x, y, batch_size=self.spec.train.batch_size, shuffle=False,
                            epochs=1, verbose=0, callbacks=[self._hook])
-            return
-        if self._tf_feed is None:
-            self._tf_feed = _TensorFlowFeed(x, y, self.spec.train.batch_size)
-        self._tf_feed.train(self.model, x, y, self._hook)
+            return self._readout()
+        if self._tf_epoch is None:
+            x_val = np.asarray(self.data.x_val, np.float32)
+            # Validation outputs inside the program unless the split needs chunking.
+            in_program = 0 < len(x_val) <= _PREDICT_CHUNK
+            self._tf_epoch = _TensorFlowEpoch(
+                self.model, x, y, self.spec.train.batch_size, jit_compile=_xla_available(),
+                readout=(lambda: self._readout_tensors(x_val)) if in_program else None)
+        self.model.reset_metrics()
+        readout = self._tf_epoch.train(x, y)
+        self._hook.on_train_batch_end(0)
+        return readout or self._readout()
+
+    def _readout(self) -> _Readout:
+        return (np.asarray(keras.ops.convert_to_numpy(self.loss_metric.result())),
+                self._outputs(self.data.x_val),
+                [np.asarray(keras.ops.convert_to_numpy(v)) for v in self._variables()])
+
+    def _readout_tensors(self, x_val: np.ndarray) -> tuple:
+        """`_readout` as tensors of a compiled program: (loss, outputs, *weights)."""
+        outputs = _activate(self.model(x_val, training=False), self.data.task)
+        return (self.loss_metric.result(), outputs, *(v.value for v in self._variables()))
 
     def _finish(self, k: int) -> TrialOutcome:
         slot = self.slots[k]
@@ -517,15 +566,10 @@ class PackedTrainer:
         """(K, N, out) probabilities / values for all members, dropout off."""
         self.writes.apply()
         x = np.asarray(x, np.float32)
-        activation = OUTPUT_ACTIVATION[self.data.task]
         parts = []
         for i in range(0, len(x), _PREDICT_CHUNK):
             out = self.model.predict_on_batch(x[i:i + _PREDICT_CHUNK])  # compiled call
-            if activation == "softmax":
-                out = ops.softmax(out, axis=-1)
-            elif activation == "sigmoid":
-                out = ops.sigmoid(out)
-            parts.append(np.asarray(keras.ops.convert_to_numpy(out)))
+            parts.append(np.asarray(keras.ops.convert_to_numpy(_activate(out, self.data.task))))
         if not parts:
             return np.zeros((self.pack_size, 0, self.data.output_units), np.float32)
         return np.concatenate(parts, axis=1)
@@ -542,41 +586,62 @@ class PackedTrainer:
 
 
 
-class _TensorFlowFeed:
-    """A `tf.data` pipeline, built once, that batches whatever rows were assigned last."""
+class _TensorFlowEpoch:
+    """A whole epoch as one compiled TensorFlow program: every step, no Python in between.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+    Keras's `fit` (and its train function with `steps_per_execution`) runs the steps in a
+    graph loop that launches one XLA program per step and pulls each batch from `tf.data`;
+    for a packed step of a few milliseconds that costs as much again as the step (measured
+    at 16 members of 64-64-64 on digits: 47 ms an epoch as one program, 78-135 ms through
+    Keras's train function). Here the loop itself is compiled: each epoch's shuffled rows
+    are assigned to two variables and batch i is a slice of them. The last, short batch is
+    padded to full size with a row mask (the `sample_weight` that `PackedNet.compute_loss`
+    and `MemberDataLoss` read), so every step has one shape and the step is traced once.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int, *,
+                 jit_compile: bool, readout: Callable[[], tuple] | None = None) -> None:
         import tensorflow as tf
 
-        self.x, self.y = tf.Variable(x, trainable=False), tf.Variable(y, trainable=False)
-        n = len(x)
+        steps = -(-len(x) // batch_size)
+        self.x = tf.Variable(self._padded(x, steps * batch_size), trainable=False)
+        self.y = tf.Variable(self._padded(y, steps * batch_size), trainable=False)
+        mask = tf.constant(self._padded(np.ones(len(x), np.float32), steps * batch_size))
 
-        def batch(i):  # noqa: ANN001, ANN202 - tf.data's tensors
-            rows = tf.range(i * batch_size, tf.minimum((i + 1) * batch_size, n))
-            return tf.gather(self.x, rows), tf.gather(self.y, rows)
+        def step(i):  # noqa: ANN001, ANN202 - a graph tensor
+            def rows(t):  # noqa: ANN001, ANN202 - batch i, with a static shape for XLA
+                return tf.slice(t, [i * batch_size] + [0] * (t.shape.rank - 1),
+                                [batch_size, *t.shape[1:]])
 
-        # Rows are read when a step asks for its batch, never ahead: the next epoch's rows
-        # are assigned between calls, so nothing may be prefetched across that.
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        options.experimental_optimization.inject_prefetch = False
-        self.dataset = tf.data.Dataset.range(-(-n // batch_size)).map(batch).with_options(
-            options)
-        self._endless = None  # one iterator over the batches repeated, after the first fit
+            model.train_step((rows(self.x), rows(self.y), rows(mask)))
+            return (i + 1,)
 
-    def train(self, model: keras.Model, x: np.ndarray, y: np.ndarray,
-              hook: keras.callbacks.Callback) -> None:
-        """One epoch: `model`'s steps_per_execution is the number of batches in it."""
-        self.x.assign(x)
-        self.y.assign(y)
-        if model.train_function is None:  # the first epoch builds and traces the step
-            model.fit(self.dataset, epochs=1, verbose=0, shuffle=False, callbacks=[hook])
-            return
-        if self._endless is None:
-            self._endless = iter(self.dataset.repeat())
-        model.reset_metrics()
-        model.train_function(self._endless)
-        hook.on_train_batch_end(0)
+        @tf.function(jit_compile=jit_compile, autograph=False)
+        def epoch():  # noqa: ANN202 - tensors
+            (done,) = tf.while_loop(lambda i: i < steps, step, (tf.constant(0),))
+            if readout is None:
+                return ()
+            with tf.control_dependencies([done]):  # after the last step
+                return readout()
+
+        self.function = epoch
+
+    def train(self, x: np.ndarray, y: np.ndarray) -> _Readout | None:
+        """Train an epoch on these rows; the readout, if the program makes one."""
+        padded = self.x.shape[0]
+        self.x.assign(self._padded(x, padded))
+        self.y.assign(self._padded(y, padded))
+        out = self.function()
+        if not out:
+            return None
+        loss, outputs, *weights = (np.asarray(t) for t in out)
+        return loss, outputs, weights
+
+    @staticmethod
+    def _padded(rows: np.ndarray, length: int) -> np.ndarray:
+        out = np.zeros((length, *rows.shape[1:]), rows.dtype)
+        out[:len(rows)] = rows
+        return out
 
 
 # --------------------------------------------------------------------------- pack size
@@ -588,6 +653,7 @@ def member_parameters(spec: StudySpec, data: Dataset) -> int:
 
 def _gpu_memory() -> int | None:
     """Bytes of accelerator memory, or None on a CPU-only backend."""
+    start_backend()  # the device query below starts the backend
     backend = keras.backend.backend()
     try:
         if backend == "jax":

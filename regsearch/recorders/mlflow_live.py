@@ -1,0 +1,194 @@
+"""Live MLflow recording: a `driver.Listener` that never blocks the study.
+
+One experiment per study, a parent run per study, a nested child run per trial (see
+`regsearch.recorders.mlflow`, which also rebuilds runs with `sync`). Writes are queued to one
+background thread, which hands them to a writer process (`mlflow_process`): neither MLflow's
+import nor its per-run work runs in the training process's interpreter. Short HTTP timeouts
+bound each call, so a slow or dead tracking server never stalls training; the first failure
+is one warning, later writes are skipped, and the ledger keeps what MLflow is missing for
+`regsearch sync`. This module does not import MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, TextIO, TypeVar
+
+from regsearch.recorders.ledger import Ledger, TrialRecord
+from regsearch.recorders.mlflow_process import WriterProcess, problem_line
+from regsearch.space import RegConfig, from_params
+from regsearch.spec import is_better
+from regsearch.storage import DATABASE_ERRORS, mask_url
+
+WORKER, GPU = "regsearch.worker", "regsearch.gpu"
+T = TypeVar("T")
+
+
+def worker_tags() -> dict[str, str]:
+    """Which process (and GPU) ran a trial, so a slow or failing worker can be found."""
+    tags = {WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if gpus and gpus != "-1":
+        tags[GPU] = gpus
+    return tags
+
+
+class MlflowRecorder:
+    """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
+
+    def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
+                 drain_seconds: float = 30.0) -> None:
+        self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
+        self.drain_seconds = drain_seconds
+        self.failed: str | None = None
+        self.writer = WriterProcess(tracking_uri)  # starts importing MLflow now
+        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="regsearch-mlflow", daemon=True)
+        self.thread.start()
+        self.study = self.metric = self.direction = ""
+        self.experiment_id = self.parent_id = ""
+        self.optuna_study: Any = None
+        self.run_ids: dict[int, str] = {}
+        self.best: float | None = None
+
+    # ---------------------------------------------------------------- listener
+
+    def study_opened(self, run: Any) -> None:
+        info = self.ledger.study(run.spec.name)
+        self.study, self.metric = info["name"], info["metric"]
+        self.direction = info["direction"]
+        self.optuna_study = run.study
+        storage = run.storage_url
+        try:  # a resumed study must not let a worse trial become "best" in the parent
+            self.best = run.study.best_value
+        except ValueError:
+            self.best = None
+
+        def open_study() -> None:
+            self.experiment_id = self.writer.experiment(self.study)
+            self.parent_id = self.writer.parent_run(self.experiment_id, info, storage)
+            # Read when the writer gets here (it may be seconds later), not when queued.
+            failed = self._from_ledger(lambda: self.ledger.numbers(self.study, "failed"))
+            self.writer.close_stale(self.experiment_id, failed or set())
+        self._submit(open_study)
+
+    def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
+        moment = datetime.now(timezone.utc)
+        self._submit(lambda: self._start(started, moment))
+
+    def _start(self, started: list[tuple[int, RegConfig]], moment: datetime) -> None:
+        """A run per trial; the ledger learns the batch's run ids in one transaction."""
+        runs: dict[int, str] = {}
+        try:
+            for number, config in started:
+                runs[number] = self.writer.start_trial(self.experiment_id, self.parent_id,
+                                                       self.study, number, config, moment,
+                                                       worker_tags())
+        finally:
+            self.run_ids.update(runs)
+            if runs:
+                self._from_ledger(lambda: self.ledger.set_mlflow(self.study, runs, synced=False))
+
+    def epoch_ended(self, number: int, metrics: Any) -> None:
+        pass  # epochs reach MLflow in one batch when the trial ends
+
+    def trials_ended(self, ended: list[tuple[int, RegConfig, Any]]) -> None:
+        records = [TrialRecord.from_outcome(self.study, number, config, outcome)
+                   for number, config, outcome in ended]
+        self._submit(lambda: self._finish(records))
+
+    def _finish(self, records: list[TrialRecord]) -> None:
+        """End each run; then the ledger's flags in one transaction and, if the batch holds
+        a new best, the parent's best (once, for the best of the batch)."""
+        synced: dict[int, str] = {}
+        try:
+            for record in records:
+                run_id = self.run_ids.pop(record.number, None) or self.writer.start_trial(
+                    self.experiment_id, self.parent_id, self.study, record.number,
+                    record.config, record.started, worker_tags())
+                self.writer.finish_trial(run_id, record, self.metric)
+                synced[record.number] = run_id
+        finally:
+            if synced:
+                self._from_ledger(lambda: self.ledger.set_mlflow(self.study, synced, synced=True))
+        best = None
+        for record in records:
+            if record.value is not None and record.state == "complete" and self._better(record):
+                best = record
+        if best is not None:
+            self.writer.set_best(self.parent_id, best, self.metric, self.direction)
+
+    def trials_killed(self, numbers: list[int]) -> None:
+        """Trials of a dead worker (failed by this process): their runs end KILLED."""
+        def kill() -> None:
+            for number in numbers:
+                self.writer.kill_trial(self.experiment_id, number)
+        self._submit(kill)
+
+    def close(self) -> None:
+        """Wait a bounded time for queued writes; what is left stays for `regsearch sync`."""
+        best = self._study_best()
+        if best is not None:
+            self._submit(lambda: self.writer.set_best(self.parent_id, best, self.metric,
+                                                      self.direction, settle=True))
+        self._submit(lambda: self.writer.end_parent(self.experiment_id, self.parent_id))
+        self.tasks.put(None)
+        self.thread.join(self.drain_seconds)
+        if self.thread.is_alive():
+            self.writer.kill()
+            self._warn(f"MLflow writes did not finish within {self.drain_seconds:.0f}s")
+        else:
+            self.writer.close()
+
+    # ---------------------------------------------------------------- internals
+
+    def _study_best(self) -> TrialRecord | None:
+        """The best trial of the whole study (all workers'), as the study database has it."""
+        try:
+            trial = self.optuna_study.best_trial
+        except Exception:  # noqa: BLE001 - none complete yet, or the database is gone
+            return None
+        return TrialRecord(self.study, trial.number, "complete", from_params(trial.params),
+                           value=trial.value)
+
+    def _from_ledger(self, call: Callable[[], T]) -> T | None:
+        """A ledger read or write of this thread; None if the database is gone.
+
+        Losing the study's database is not an MLflow failure: the runs still go to MLflow
+        (the driver reports the loss and stops). The ledger's MLflow columns are only a
+        note of what was written; `regsearch sync` matches runs by their trial tag."""
+        try:
+            return call()
+        except DATABASE_ERRORS:
+            return None
+
+    def _better(self, record: TrialRecord) -> bool:
+        if is_better(self.direction, record.value, self.best):
+            self.best = record.value
+            return True
+        return False
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        if self.failed is None:
+            self.tasks.put(task)
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            try:
+                if self.failed is None:
+                    task()
+            except Exception as exc:  # any MLflow failure: warn once, keep training
+                self.failed = problem_line(exc)
+                self._warn(self.failed)
+            finally:
+                self.tasks.task_done()  # `tasks.join()` waits for what was queued
+
+    def _warn(self, problem: str) -> None:
+        print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} failed ({problem}); "
+              f"training continues and the ledger keeps every trial; run `regsearch sync "
+              f"{self.study}` once MLflow is back", file=self.stream, flush=True)

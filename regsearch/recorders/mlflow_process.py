@@ -1,0 +1,121 @@
+"""MLflow's writes in a child process, off the training process's interpreter.
+
+MLflow's client and its SQL tracking store are Python: importing them takes ~2 s and each
+trial's run costs ~50 ms of interpreter time to start and end. On the recorder's thread
+that time is taken from training (one interpreter lock) and the import delays the first
+pack; in a child process it runs beside training on another core.
+
+`WriterProcess` is a stand-in for `MlflowWriter`: each method call is one request to the
+child and waits for its reply (on the recorder's thread, never the training loop). A
+failure in the child comes back as `WriterFailed` with MLflow's one-line problem; a child
+that is gone (killed, crashed, failed to start) fails every later call the same way.
+
+    python -m regsearch.recorders.mlflow_process TRACKING_URI   # the child; requests on stdin
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from typing import Any, BinaryIO, Callable
+
+from regsearch.storage import mask_url
+
+
+class WriterFailed(Exception):
+    """An MLflow call that failed in the writer process; `problem` is safe to print."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def problem_line(exc: BaseException) -> str:
+    """One line about an MLflow failure, safe to print (its URLs carry passwords)."""
+    if isinstance(exc, WriterFailed):
+        return exc.problem
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return mask_url(f"{type(exc).__name__}: {text}")
+
+
+class WriterProcess:
+    """`MlflowWriter`'s methods, run by a child process started now (its import overlaps
+    whatever the parent does next). Calls are not thread-safe: one thread makes them."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, tracking_uri], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE)
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self._call(method, args, kwargs)
+
+    def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        try:
+            pickle.dump((method, args, kwargs), self.process.stdin)
+            self.process.stdin.flush()
+            ok, value = pickle.load(self.process.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            raise WriterFailed(f"the MLflow writer process ended (exit code "
+                               f"{self.process.poll()})") from None
+        if not ok:
+            raise WriterFailed(value)
+        return value
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the child once it has answered what was asked; kill it after `timeout`."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """Stop the child now; a call waiting on it fails with `WriterFailed`."""
+        self.process.kill()
+        self.process.wait()
+
+
+def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
+    """Answer `(method, args, kwargs)` requests with `(ok, value or problem)` until EOF."""
+    writer = None
+    while True:
+        try:
+            method, args, kwargs = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            if writer is None:
+                from regsearch.recorders.mlflow import MlflowWriter
+
+                writer = MlflowWriter(tracking_uri)
+            reply = (True, getattr(writer, method)(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
+            reply = (False, problem_line(exc))
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when writing stops (it
+    # drains what is queued, then closes stdin), so the child ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach replies
+    serve(sys.argv[1], sys.stdin.buffer, replies)
+    # Every request was answered after its write, so nothing is left to flush; MLflow's
+    # exit handlers and the interpreter's teardown would hold the parent's close ~1 s.
+    replies.close()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
