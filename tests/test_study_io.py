@@ -147,6 +147,16 @@ def test_a_parameter_that_changes_its_distribution_is_still_refused(tmp_path: Pa
         study.ask().suggest_categorical("dropout", ["low", "high"])
 
 
+def test_a_distribution_changed_within_one_batch_is_refused(tmp_path: Path) -> None:
+    """The batch checks each name once against the study: the first trial of the batch
+    that uses a name sets it for the rest, as Optuna's per-parameter writes do."""
+    study = _study(tmp_path, "within")
+    with pytest.raises(ValueError, match="different distribution"), PackStorage(study).asking():
+        study.ask().suggest_float("dropout", 0.0, 0.5)
+        study.ask().suggest_categorical("dropout", ["low", "high"])
+    assert all(t.params == {} for t in study.get_trials())  # the batch wrote nothing
+
+
 def test_the_database_still_refuses_a_trial_another_process_finished(tmp_path: Path) -> None:
     """The in-memory copy says running; the database, where another worker failed the
     trial (no heartbeat), decides: before its details are written, or after."""

@@ -455,10 +455,12 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_rerun(tmp_path
 def test_sigterm_ends_a_worker_in_its_grace_period_and_requeues_its_trial(tmp_path,
                                                                          fresh_db) -> None:
     storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
-    study = write_study(tmp_path, "stopped", trials=2, epochs=60)  # packed: a pack of 1
+    # packed: a pack of 1; enough epochs that the trial is still training at the signal
+    # (60 took under 2 s once the epoch became one compiled program)
+    study = write_study(tmp_path, "stopped", trials=2, epochs=1000)
     worker = init_and_start_worker(tmp_path, study, storage, mlflow)
     victim = wait_for_running(storage, "stopped")
-    time.sleep(2)
+    time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)
     started = time.monotonic()
     output, _ = worker.communicate(timeout=60)
