@@ -922,3 +922,36 @@ def test_a_dead_writer_process_is_one_warning_and_the_study_goes_on(
     from regsearch.recorders.mlflow import sync_study
 
     assert sync_study(spec.name, storage, tracking) == (3, 1)
+
+
+def test_the_writer_process_opens_a_new_store_before_its_first_request(tmp_path: Path) -> None:
+    """Creating a SQLite store's tables (~1 s) happens while the parent builds its model,
+    not when the first run is written."""
+    from regsearch.recorders.mlflow_process import WriterProcess
+
+    database = tmp_path / "early.db"
+    writer = WriterProcess(sqlite_url(database))
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while not database.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert database.exists(), "no store was created before the first request"
+        assert writer.experiment("early")  # and it serves requests on that store
+    finally:
+        writer.close()
+
+
+def test_a_store_the_writer_process_cannot_open_fails_its_first_request(
+        tmp_path: Path) -> None:
+    """The early opening keeps no failure to itself: the first call reports it, masked."""
+    from regsearch.recorders.mlflow_process import WriterFailed, WriterProcess
+
+    writer = WriterProcess(f"http://alice:{SECRET}@127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(WriterFailed) as failed:
+            writer.experiment("nowhere")
+        problem = failed.value.problem
+        assert "alice:***@127.0.0.1" in problem and "Max retries exceeded" in problem, problem
+        assert SECRET not in problem and "\n" not in problem
+    finally:
+        writer.close()

@@ -1,7 +1,8 @@
 """MLflow's writes in a child process, off the training process's interpreter.
 
-MLflow's client and its SQL tracking store are Python: importing them takes ~2 s and each
-trial's run costs ~50 ms of interpreter time to start and end. On the recorder's thread
+MLflow's client and its SQL tracking store are Python: importing them takes 1-2 s, a new
+SQLite store ~1 s more to create its tables, and each trial's run 25-60 ms of interpreter
+time to start and end (measured on two 2-core machines). On the recorder's thread
 that time is taken from training (one interpreter lock) and the import delays the first
 pack; in a child process it runs beside training on another core.
 
@@ -85,8 +86,13 @@ class WriterProcess:
 
 
 def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
-    """Answer `(method, args, kwargs)` requests with `(ok, value or problem)` until EOF."""
-    writer = None
+    """Answer `(method, args, kwargs)` requests with `(ok, value or problem)` until EOF.
+
+    MLflow is imported and its store opened (a new SQLite store creates its tables, ~1 s)
+    before the first request: the parent is then still building its model and tracing its
+    first epoch on one core, so this runs on the other instead of beside the training.
+    A store that fails here is tried again, and reported, at the first request."""
+    writer = _opened(tracking_uri)
     while True:
         try:
             method, args, kwargs = pickle.load(requests)
@@ -102,6 +108,18 @@ def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             reply = (False, problem_line(exc))
         pickle.dump(reply, replies)
         replies.flush()
+
+
+def _opened(tracking_uri: str) -> Any:
+    """An `MlflowWriter` whose store is open, or None if that failed (for now)."""
+    try:
+        from regsearch.recorders.mlflow import MlflowWriter
+
+        writer = MlflowWriter(tracking_uri)
+        writer.client.search_experiments(max_results=1)  # opens (and creates) the store
+        return writer
+    except Exception:  # noqa: BLE001 - the first request meets it again, and reports it
+        return None
 
 
 def main() -> None:
