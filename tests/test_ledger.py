@@ -213,6 +213,10 @@ def test_fresh_ledger_creates_its_tables_and_schema_version(open_ledger, db_url)
                                   "data_description": "builtin:digits", "metric": "accuracy",
                                   "direction": "maximize"}
     assert again.study("nope") is None
+    if ledger.engine.dialect.name == "sqlite":  # commits wait for no full fsync
+        with ledger.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
 def test_other_schema_version_is_refused_and_rows_are_untouched(open_ledger, db_url) -> None:

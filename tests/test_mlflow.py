@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -937,6 +938,9 @@ def test_the_writer_process_opens_a_new_store_before_its_first_request(tmp_path:
             time.sleep(0.1)
         assert database.exists(), "no store was created before the first request"
         assert writer.experiment("early")  # and it serves requests on that store
+        # its commits wait for no full fsync (WAL, synchronous=NORMAL), as the study's
+        with sqlite3.connect(database) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         writer.close()
 
@@ -955,3 +959,55 @@ def test_a_store_the_writer_process_cannot_open_fails_its_first_request(
         assert SECRET not in problem and "\n" not in problem
     finally:
         writer.close()
+
+
+class WatchesEpochTwo:
+    """A listener that, at the second epoch of the first trial, reads MLflow as it is then."""
+
+    def __init__(self, recorder: Any, tracking: str, study: str) -> None:
+        self.recorder, self.tracking, self.study = recorder, tracking, study
+        self.seen: dict[str, Any] | None = None
+
+    def study_opened(self, run: Any) -> None: ...
+    def trials_started(self, started: Any) -> None: ...
+    def trials_ended(self, ended: Any) -> None: ...
+
+    def epoch_ended(self, number: int, metrics: Any) -> None:
+        if number != 0 or metrics.epoch != 2:
+            return
+        from mlflow import MlflowClient
+
+        self.recorder.tasks.join()  # what the recorder has sent so far is in MLflow
+        [run] = [r for r in trial_runs(self.tracking, self.study)
+                 if r.data.tags["regsearch.trial"] == "0"]
+        history = MlflowClient(self.tracking).get_metric_history(run.info.run_id,
+                                                                 "val_accuracy")
+        self.seen = {"status": run.info.status, "steps": sorted(p.step for p in history)}
+
+
+@pytest.mark.parametrize("trainer", ["packed", "keras"])
+def test_a_running_trials_epochs_reach_mlflow_while_it_trains(make_spec, tmp_path: Path,
+                                                              trainer: str) -> None:
+    """Sent every `epochs_every` seconds (0 here: every epoch); each epoch lands once."""
+    from mlflow import MlflowClient
+
+    from regsearch import driver
+    from regsearch.recorders.mlflow_live import MlflowRecorder
+    from regsearch.trainers import make_trainer
+
+    spec = make_spec(trainer=trainer, train__epochs=4)
+    storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
+    run = driver.open_run(spec, n_trials=3, storage=storage, mlflow=tracking)
+    (recorder,) = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
+    recorder.epochs_every = 0.0
+    watch = WatchesEpochTwo(recorder, tracking, spec.name)
+    driver.run_study(run, make_trainer(run), [watch])
+    assert watch.seen == {"status": "RUNNING", "steps": [1, 2]}
+    client = MlflowClient(tracking)
+    runs = trial_runs(tracking, spec.name)
+    assert sorted(r.data.tags["regsearch.trial"] for r in runs) == ["0", "1", "2"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["regsearch.complete"] == "true"
+        for key in ("train_loss", "val_loss", "val_accuracy", "penalty"):
+            steps = [p.step for p in client.get_metric_history(r.info.run_id, key)]
+            assert sorted(steps) == [1, 2, 3, 4], (key, steps)

@@ -32,6 +32,7 @@ from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
 from regsearch.spec import is_better  # noqa: E402
 from regsearch.storage import mask_url  # noqa: E402
+from regsearch.trainers.base import EpochMetrics  # noqa: E402
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                                    "regsearch.state", "regsearch.complete")
@@ -111,9 +112,7 @@ class MlflowWriter:
         The completion tag comes with the last batch (one transaction each): a run that has
         it has everything; one cut off before is rebuilt by `sync`."""
         stamp = _ms(record.finished) or int(time.time() * 1000)
-        metrics = [Metric(key, value, stamp, m.epoch) for m in record.epochs for key, value in (
-            ("train_loss", m.train_loss), ("val_loss", m.val_loss), (f"val_{metric}", m.val_metric),
-            ("penalty", m.penalty))]
+        metrics = _epoch_points(record.epochs, metric, stamp)
         metrics += [Metric(f"final_{k}", float(v), stamp, 0)
                     for k, v in record.summary.items() if v is not None]
         if record.value is not None:
@@ -121,6 +120,10 @@ class MlflowWriter:
         tags = {STATE: record.state, "regsearch.reason": record.reason or ""}
         self.client.set_terminated(run_id, _status(record), end_time=_ms(record.finished))
         self._log(run_id, metrics=metrics, tags={**tags, DONE: "true"})
+
+    def log_epochs(self, run_id: str, epochs: Iterable[EpochMetrics], metric: str) -> None:
+        """Epochs of a running trial, so its curves grow in the UI while it trains."""
+        self._log(run_id, metrics=_epoch_points(epochs, metric, int(time.time() * 1000)))
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
                     metric: str) -> tuple[str, bool]:
@@ -223,6 +226,13 @@ class MlflowWriter:
             self.client.log_batch(run_id, metrics=metrics[i * _BATCH:(i + 1) * _BATCH],
                                   params=param_list[i * 100:(i + 1) * 100],
                                   tags=tag_list if i == calls - 1 else [])
+
+
+def _epoch_points(epochs: Iterable[EpochMetrics], metric: str, stamp: int) -> list[Metric]:
+    """Each epoch's scores as MLflow metric points, the epoch as their step."""
+    return [Metric(key, value, stamp, m.epoch) for m in epochs for key, value in (
+        ("train_loss", m.train_loss), ("val_loss", m.val_loss), (f"val_{metric}", m.val_metric),
+        ("penalty", m.penalty))]
 
 
 def _status(record: TrialRecord) -> str:

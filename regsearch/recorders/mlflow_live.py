@@ -16,6 +16,8 @@ import queue
 import socket
 import sys
 import threading
+import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, TextIO, TypeVar
 
@@ -24,8 +26,10 @@ from regsearch.recorders.mlflow_process import WriterProcess, problem_line
 from regsearch.space import RegConfig, from_params
 from regsearch.spec import is_better
 from regsearch.storage import DATABASE_ERRORS, mask_url
+from regsearch.trainers.base import EpochMetrics
 
 WORKER, GPU = "regsearch.worker", "regsearch.gpu"
+EPOCHS_EVERY = 10.0  # seconds between sends of the running trials' epochs
 T = TypeVar("T")
 
 
@@ -42,9 +46,12 @@ class MlflowRecorder:
     """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
 
     def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
-                 drain_seconds: float = 30.0) -> None:
+                 drain_seconds: float = 30.0, epochs_every: float = EPOCHS_EVERY) -> None:
         self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
-        self.drain_seconds = drain_seconds
+        self.drain_seconds, self.epochs_every = drain_seconds, epochs_every
+        self.unsent: dict[int, list[EpochMetrics]] = {}  # running trials' epochs, not yet sent
+        self.sent: dict[int, int] = {}  # how many epochs of a running trial were sent
+        self.last_send = time.monotonic()
         self.failed: str | None = None
         self.writer = WriterProcess(tracking_uri)  # starts importing MLflow now
         self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -94,30 +101,50 @@ class MlflowRecorder:
             if runs:
                 self._from_ledger(lambda: self.ledger.set_mlflow(self.study, runs, synced=False))
 
-    def epoch_ended(self, number: int, metrics: Any) -> None:
-        pass  # epochs reach MLflow in one batch when the trial ends
+    def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
+        """Every `epochs_every` seconds the running trials' new epochs go out together, so
+        a long trial's curves grow in the UI; short trials' epochs go with their ends."""
+        self.unsent.setdefault(number, []).append(metrics)
+        if time.monotonic() - self.last_send < self.epochs_every:
+            return
+        self.last_send = time.monotonic()
+        batch, self.unsent = self.unsent, {}
+        for trial, epochs in batch.items():
+            self.sent[trial] = self.sent.get(trial, 0) + len(epochs)
+        self._submit(lambda: self._send_epochs(batch))
+
+    def _send_epochs(self, batch: dict[int, list[EpochMetrics]]) -> None:
+        for number, epochs in batch.items():
+            self.writer.log_epochs(self.run_ids[number], epochs, self.metric)
 
     def trials_ended(self, ended: list[tuple[int, RegConfig, Any]]) -> None:
-        records = [TrialRecord.from_outcome(self.study, number, config, outcome)
-                   for number, config, outcome in ended]
+        records = []
+        for number, config, outcome in ended:
+            self.unsent.pop(number, None)  # the record holds every epoch
+            records.append((TrialRecord.from_outcome(self.study, number, config, outcome),
+                            self.sent.pop(number, 0)))
         self._submit(lambda: self._finish(records))
 
-    def _finish(self, records: list[TrialRecord]) -> None:
-        """End each run; then the ledger's flags in one transaction and, if the batch holds
-        a new best, the parent's best (once, for the best of the batch)."""
+    def _finish(self, records: list[tuple[TrialRecord, int]]) -> None:
+        """End each run with the epochs not sent yet; then the ledger's flags in one
+        transaction and, if the batch holds a new best, the parent's best (once, for the
+        best of the batch)."""
         synced: dict[int, str] = {}
         try:
-            for record in records:
-                run_id = self.run_ids.pop(record.number, None) or self.writer.start_trial(
-                    self.experiment_id, self.parent_id, self.study, record.number,
-                    record.config, record.started, worker_tags())
-                self.writer.finish_trial(run_id, record, self.metric)
+            for record, sent in records:
+                run_id = self.run_ids.pop(record.number, None)
+                if run_id is None:  # its start was never written: a whole run now
+                    run_id, sent = self.writer.start_trial(
+                        self.experiment_id, self.parent_id, self.study, record.number,
+                        record.config, record.started, worker_tags()), 0
+                self.writer.finish_trial(run_id, replace(record, epochs=record.epochs[sent:]),
+                                         self.metric)
                 synced[record.number] = run_id
         finally:
             if synced:
                 self._from_ledger(lambda: self.ledger.set_mlflow(self.study, synced, synced=True))
         best = None
-        for record in records:
+        for record, _ in records:
             if record.value is not None and record.state == "complete" and self._better(record):
                 best = record
         if best is not None:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from typing import Any, BinaryIO, Callable
 
-from regsearch.storage import mask_url
+from regsearch.storage import mask_url, tune_sqlite
 
 
 class WriterFailed(Exception):
@@ -126,6 +126,9 @@ def main() -> None:
     # Ctrl-C reaches the whole process group; the parent decides when writing stops (it
     # drains what is queued, then closes stdin), so the child ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import sqlalchemy
+
+    tune_sqlite(sqlalchemy.Engine)  # a local SQLite store (MLflow's own engine)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach replies
     serve(sys.argv[1], sys.stdin.buffer, replies)
