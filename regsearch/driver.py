@@ -75,6 +75,8 @@ class StudyRun:
     storage_url: str
     ledger: Ledger
     recorders: list[Listener] = field(default_factory=list)
+    #: trial id -> when (`time.monotonic`) this process first saw it running, never beaten
+    unbeaten_since: dict[int, float] = field(default_factory=dict)
 
     @property
     def shared(self) -> bool:
@@ -200,8 +202,15 @@ def reap_dead(run: StudyRun) -> None:
         return
     optuna.storages.fail_stale_trials(run.study)
     storage = run.study._storage
-    for trial_id in unbeaten_trial_ids(storage, run.study._study_id,
-                                       run.spec.workers.grace_period):
+    # A never-beaten trial is timed from when this process first saw it so, by its own
+    # clock: the trial's start time is the creating machine's local time (Optuna's), and
+    # machines' clocks and time zones differ.
+    now = time.monotonic()
+    run.unbeaten_since = {trial_id: run.unbeaten_since.get(trial_id, now) for trial_id
+                          in unbeaten_trial_ids(storage, run.study._study_id)}
+    for trial_id, since in list(run.unbeaten_since.items()):
+        if now - since < run.spec.workers.grace_period:
+            continue
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 _died(run, storage.get_trial(trial_id))

@@ -26,7 +26,7 @@ import copy
 import json
 from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -312,14 +312,14 @@ def _rdb(storage: Any) -> Any:
 
 # --------------------------------------------------------------------------- reaping
 
-def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int,
-                       grace_period: float) -> list[int]:
-    """Running trials that never had a heartbeat and started over `grace_period` ago.
+def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
+    """Running trials that never had a heartbeat.
 
-    Their process died between creating them and its first beat for them (a live one beats
-    at once), so no heartbeat will ever go stale: Optuna's reaper, which looks only at
-    trials with a heartbeat, never fails them, and they would hold the budget forever.
-    Optuna keeps heartbeats in a private table, so an Optuna without it finds none.
+    A live process beats for a trial at once; one that died between creating a trial and its
+    first beat leaves a trial whose heartbeat can never go stale: Optuna's reaper, which
+    looks only at trials with a heartbeat, never fails it, and it would hold the budget
+    forever. The caller times how long it stays so (`driver.reap_dead`). Optuna keeps
+    heartbeats in a private table, so an Optuna without it finds none.
     """
     rdb = _rdb(storage)
     try:
@@ -327,13 +327,11 @@ def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int,
         from optuna.storages._rdb.storage import _create_scoped_session
         from sqlalchemy.orm import selectinload
 
-        started_before = datetime.now() - timedelta(seconds=grace_period)
         with _create_scoped_session(rdb.scoped_session) as session:
             running = (session.query(models.TrialModel)
                        .options(selectinload(models.TrialModel.heartbeats))
                        .filter(models.TrialModel.study_id == study_id,
                                models.TrialModel.state == TrialState.RUNNING).all())
-            return [t.trial_id for t in running if not t.heartbeats
-                    and t.datetime_start is not None and t.datetime_start < started_before]
+            return [t.trial_id for t in running if not t.heartbeats]
     except (ImportError, AttributeError):
         return []

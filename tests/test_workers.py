@@ -15,6 +15,7 @@ import threading
 import sys
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -431,25 +432,36 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_rerun(tmp_path
     """A process can die between creating a trial and its first heartbeat for it (seen: the
     database cut just then). Optuna's reaper looks only at trials with a heartbeat, so the
     budget waited for that trial forever; now it is failed and re-queued like a dead
-    worker's once it is older than the grace period."""
+    worker's once this process has seen it unbeaten for the grace period. Its start time,
+    written with the creating machine's clock and time zone, does not count: here one looks
+    three hours old and one three hours ahead."""
     url = fresh_db(kind)
     path = write_study(tmp_path, "unbeaten", trials=2, heartbeat_interval=1, grace_period=2)
     path.write_text(path.read_text() + "mlflow:\n  enabled: false\n")
     run = driver.open_run(load_spec(path), storage=url)
-    orphan = run.study.ask()  # created, never beaten: what the dead process left
-    orphan.suggest_float("dropout", 0.0, 0.5)
+    orphans = [run.study.ask(), run.study.ask()]  # created, never beaten: a dead process's
+    for orphan in orphans:
+        orphan.suggest_float("dropout", 0.0, 0.5)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for orphan, hours in zip(orphans, (-3, 3)):
+            start = orphan.datetime_start + timedelta(hours=hours)
+            conn.execute(sa.text("UPDATE trials SET datetime_start = :s WHERE trial_id = :i"),
+                         {"s": start, "i": orphan._trial_id})
+    engine.dispose()
     driver.reap_dead(run)
-    assert run.study.get_trials()[0].state == TrialState.RUNNING  # not yet past the grace
+    # not yet past the grace period by this process's clock, whatever the start times say
+    assert [t.state for t in run.study.get_trials()] == [TrialState.RUNNING] * 2
     time.sleep(2.5)
     driver.reap_dead(run)
     trials = run.study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-    assert trials[0].user_attrs["fail_reason"].startswith(DIED)
-    assert trials[1].params == orphan.params
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
+    assert all(t.user_attrs["fail_reason"].startswith(DIED) for t in trials[:2])
+    assert sorted(t.params["dropout"] for t in trials[2:]) == \
+        sorted(o.params["dropout"] for o in orphans)
     assert driver.run_study(run, make_trainer(run)) is False
     trials = run.study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
-    assert trials[1].params["dropout"] == orphan.params["dropout"]  # the re-queued copy ran
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] * 2
 
 
 def test_sigterm_ends_a_worker_in_its_grace_period_and_requeues_its_trial(tmp_path,
