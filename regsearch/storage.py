@@ -130,7 +130,12 @@ def tune_sqlite(engine: sqlalchemy.Engine | type[sqlalchemy.Engine]) -> None:
     @sqlalchemy.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
         if isinstance(dbapi_connection, sqlite3.Connection):
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            # Switching needs the file alone for a moment: while another reader (an
+            # `mlflow ui`) holds it, this connection stays as it is and a later one switches.
+            try:
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                pass
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     if isinstance(engine, sqlalchemy.Engine):

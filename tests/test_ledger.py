@@ -668,3 +668,32 @@ def test_unreachable_server_is_a_fast_storage_error_with_the_password_masked(url
     assert "u:***@127.0.0.1:1/x" in message
     assert message.startswith("cannot open the ledger at ")
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_sqlite_file_held_by_a_reader_still_opens_and_turns_wal_later(tmp_path) -> None:
+    """Switching to WAL needs the file alone for a moment; a reader in a transaction (an
+    `mlflow ui`, a user's query) makes that fail, and the connection must still work."""
+    import sqlite3
+
+    from regsearch.storage import tune_sqlite
+
+    path = tmp_path / "held.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE t (x INTEGER)")
+        setup.execute("INSERT INTO t VALUES (1)")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM t").fetchall()  # holds a shared lock until COMMIT
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.2})
+    tune_sqlite(engine)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT x FROM t").scalar() == 1
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+        reader.execute("COMMIT")
+        engine.dispose()
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        reader.close()
+        engine.dispose()
