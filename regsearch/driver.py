@@ -208,7 +208,7 @@ def reap_dead(run: StudyRun) -> None:
     now = time.monotonic()
     run.unbeaten_since = {trial_id: run.unbeaten_since.get(trial_id, now) for trial_id
                           in unbeaten_trial_ids(storage, run.study._study_id)}
-    for trial_id, since in list(run.unbeaten_since.items()):
+    for trial_id, since in run.unbeaten_since.items():
         if now - since < run.spec.workers.grace_period:
             continue
         try:

@@ -187,13 +187,8 @@ class PackStorage:
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with _create_scoped_session(rdb.scoped_session) as session:
-            ids = {trial_id for trial_id, *_ in params}
-            states = dict(session.query(models.TrialModel.trial_id, models.TrialModel.state)
-                          .filter(models.TrialModel.trial_id.in_(ids)))
-            for trial_id in ids:
-                if trial_id not in states:
-                    raise KeyError(f"No trial with trial_id {trial_id} exists.")
-                rdb.check_trial_is_updatable(trial_id, states[trial_id])
+            for trial_id, trial in _trials_by_id(session, {p[0] for p in params}).items():
+                rdb.check_trial_is_updatable(trial_id, trial.state)
             known: dict[str, Any] = {}  # name -> the distribution the study holds for it
             for trial_id, name, value, distribution in params:
                 if name not in known:
@@ -279,14 +274,11 @@ def _write_rows(rdb: optuna.storages.RDBStorage,
     values = models.TrialIntermediateValueModel
     refused = set()
     with _create_scoped_session(rdb.scoped_session) as session:
-        trials = {trial.trial_id: trial for trial in session.query(models.TrialModel).options(
-            selectinload(models.TrialModel.intermediate_values),
-            selectinload(models.TrialModel.user_attributes)).filter(
-                models.TrialModel.trial_id.in_(list(details)))}
+        trials = _trials_by_id(session, set(details),
+                               selectinload(models.TrialModel.intermediate_values),
+                               selectinload(models.TrialModel.user_attributes))
         for trial_id, (attrs, intermediate) in details.items():
-            trial = trials.get(trial_id)
-            if trial is None:
-                raise KeyError(f"No trial with trial_id {trial_id} exists.")
+            trial = trials[trial_id]
             if not finished and trial.state.is_finished():
                 refused.add(trial_id)
                 continue
@@ -303,6 +295,17 @@ def _write_rows(rdb: optuna.storages.RDBStorage,
                 session.add(row)
     return refused
 
+
+def _trials_by_id(session: Any, ids: set[int], *options: Any) -> dict[int, Any]:
+    """Optuna's rows of these trials in one query (`options`: what to load with them);
+    a missing one is Optuna's own error, as its per-trial lookup raises it."""
+    from optuna.storages._rdb import models
+
+    trials = {trial.trial_id: trial for trial in session.query(models.TrialModel)
+              .options(*options).filter(models.TrialModel.trial_id.in_(ids))}
+    for trial_id in ids - trials.keys():
+        raise KeyError(f"No trial with trial_id {trial_id} exists.")
+    return trials
 
 
 def _rdb(storage: Any) -> Any:

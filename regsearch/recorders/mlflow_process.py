@@ -100,9 +100,7 @@ def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             return
         try:
             if writer is None:
-                from regsearch.recorders.mlflow import MlflowWriter
-
-                writer = MlflowWriter(tracking_uri)
+                writer = _new_writer(tracking_uri)
             reply = (True, getattr(writer, method)(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
             reply = (False, problem_line(exc))
@@ -110,12 +108,16 @@ def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
         replies.flush()
 
 
+def _new_writer(tracking_uri: str) -> Any:
+    from regsearch.recorders.mlflow import MlflowWriter  # MLflow's import: seconds
+
+    return MlflowWriter(tracking_uri)
+
+
 def _opened(tracking_uri: str) -> Any:
     """An `MlflowWriter` whose store is open, or None if that failed (for now)."""
     try:
-        from regsearch.recorders.mlflow import MlflowWriter
-
-        writer = MlflowWriter(tracking_uri)
+        writer = _new_writer(tracking_uri)
         writer.client.search_experiments(max_results=1)  # opens (and creates) the store
         return writer
     except Exception:  # noqa: BLE001 - the first request meets it again, and reports it
