@@ -6,9 +6,10 @@ dropout rates and an "active" mask are non-trainable variables of shape ``(K,)``
 train step is traced once per architecture and reused for every pack of trials.
 
 The loss is the sum over members of each member's own loss (mean data loss over the
-batch plus its own L1/L2 penalty, as ``keras.regularizers`` compute it). Members share no
-parameter, so the gradient of member k is exactly the gradient its standalone model would
-get on the same batch; the optimizer keeps per-slot step counts so Adam's bias correction
+batch plus its own L1/L2 penalty, as ``keras.regularizers`` compute it; the penalty enters
+through its gradient alone, see `PackedNet.penalties`). Members share no parameter, so the
+gradient of member k is exactly the gradient its standalone model would get on the same
+batch; the optimizer keeps per-slot step counts so Adam's bias correction
 restarts when a slot is refilled. A member is exported as the standard model of
 `regsearch.model.build_model` with its weights.
 """
@@ -38,6 +39,7 @@ SUPPORTED_OPTIMIZERS = ("adam", "sgd")
 CPU_PACK_CAP = 64
 GPU_PACK_CAP = 256
 _PREDICT_CHUNK = 8192
+_HOST_NOISE_MAX = 1 << 24  # dropout noise numbers held for an epoch (64 MiB)
 
 
 # --------------------------------------------------------------------------- layers
@@ -78,15 +80,19 @@ class MemberDropout(keras.layers.Layer):
                                     trainable=False, name="rate")
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, noise=None):
+        """`noise`: this step's (B, units) uniform draws, if the caller drew them."""
         if not training:
             return inputs
         rate = ops.reshape(ops.cast(self.rate, inputs.dtype), (self.members, 1, 1))
         # One (1, B, units) draw shared by all members (common random numbers): each
         # member's mask is still Bernoulli(its own rate) per unit, as standalone dropout,
         # and drawing K times fewer numbers is most of a packed step's cost otherwise.
-        noise = keras.random.uniform((1, *ops.shape(inputs)[1:]), seed=self.seed_generator,
-                                     dtype=inputs.dtype)
+        if noise is None:
+            noise = keras.random.uniform((1, *ops.shape(inputs)[1:]),
+                                         seed=self.seed_generator, dtype=inputs.dtype)
+        else:
+            noise = ops.expand_dims(ops.cast(noise, inputs.dtype), 0)
         return ops.where(ops.greater_equal(noise, rate), inputs / (1.0 - rate),
                          ops.zeros_like(inputs))
 
@@ -146,6 +152,22 @@ class MemberDataLoss(keras.metrics.Metric):
         self.count.assign(ops.zeros(self.count.shape, self.count.dtype))
 
 
+@ops.custom_gradient
+def _penalty_gradient(kernel, l1, l2):  # noqa: ANN001, ANN202 - backend tensors
+    """Zero, with the gradient of `l1 * sum|kernel| + l2 * sum(kernel**2)` per member."""
+    shape = (-1,) + (1,) * (len(kernel.shape) - 1)
+
+    def gradient(*args, upstream=None):  # noqa: ANN001, ANN202
+        if upstream is None:
+            (upstream,) = args
+        scale = ops.reshape(upstream, shape)
+        l1_, l2_ = ops.reshape(l1, shape), ops.reshape(l2, shape)
+        return (scale * (l1_ * ops.sign(kernel) + 2.0 * l2_ * kernel),
+                ops.zeros_like(l1), ops.zeros_like(l2))
+
+    return ops.zeros((kernel.shape[0],), kernel.dtype), gradient
+
+
 class PackedNet(keras.Model):
     """The fused model: returns logits (K, B, out); loss = Σ_k active members' losses."""
 
@@ -177,22 +199,36 @@ class PackedNet(keras.Model):
     def dense_layers(self) -> list[PackedDense]:
         return [*self.hidden, self.head]
 
+    @property
+    def noise_units(self) -> int:
+        """Columns of the dropout noise a caller may pass with the features (`call`)."""
+        return sum(layer.units for layer in self.hidden)
+
     def call(self, inputs, training=False):
+        """`inputs`: the features (B, in), or (features, noise) with the step's dropout
+        noise (B, `noise_units`), uniform in [0, 1), drawn by the caller."""
         if training:
             PackedNet.traces += 1
-        h = inputs
+        h, noise = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+        start = 0
         for dense, drop in zip(self.hidden, self.drops):
-            h = drop(dense(h), training=training)
+            columns = None if noise is None else noise[:, start:start + dense.units]
+            h = drop(dense(h), training=training, noise=columns)
+            start += dense.units
         return self.head(h)
 
     def penalties(self):
-        """(K,) L1/L2 penalty of each member's hidden kernels, as keras.regularizers."""
-        l1 = ops.zeros((self.members,))
-        l2 = ops.zeros((self.members,))
+        """(K,) terms whose gradient is each member's L1/L2 penalty gradient, as
+        keras.regularizers give it (`l1 * sign(w) + 2 * l2 * w` on the hidden kernels).
+
+        Their value is zero: nothing reads the penalty inside the step (the trainer
+        computes it from the weights once an epoch), and on XLA's CPU the reductions
+        alone were ~15 % of a step.
+        """
+        total = ops.zeros((self.members,))
         for layer in self.hidden:
-            l1 = l1 + ops.sum(ops.absolute(layer.kernel), axis=(1, 2))
-            l2 = l2 + ops.sum(ops.square(layer.kernel), axis=(1, 2))
-        return self.l1 * l1 + self.l2 * l2
+            total = total + _penalty_gradient(layer.kernel, self.l1, self.l2)
+        return total
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
@@ -393,6 +429,7 @@ class PackedTrainer:
                            jit_compile=_xla_available(), steps_per_execution=steps)
         self.optimizer.build(self.model.trainable_variables)
         self.rng = np.random.default_rng(spec.seed)
+        self.noise_rng = np.random.default_rng([spec.seed, 1])  # dropout (`_TensorFlowEpoch`)
         self.last_order: np.ndarray | None = None
         self.slots: dict[int, _Slot] = {}
         self.writes = MemberWrites()
@@ -515,11 +552,21 @@ class PackedTrainer:
             in_program = 0 < len(x_val) <= _PREDICT_CHUNK
             self._tf_epoch = _TensorFlowEpoch(
                 self.model, x, y, self.spec.train.batch_size, jit_compile=_xla_available(),
+                noise_units=self._host_noise_units(),
                 readout=(lambda: self._readout_tensors(x_val)) if in_program else None)
         self.model.reset_metrics()
-        readout = self._tf_epoch.train(x, y)
+        noise = None
+        if self._tf_epoch.noise is not None and any(s.config.dropout for s in self.slots.values()):
+            noise = self.noise_rng.random((len(x), self.model.noise_units), np.float32)
+        readout = self._tf_epoch.train(x, y, noise)
         self._hook.on_train_batch_end(0)
         return readout or self._readout()
+
+    def _host_noise_units(self) -> int:
+        """Noise columns for the epoch program to take from NumPy; 0 (the model draws its
+        own) when an epoch's worth would be large: it is held in memory beside the rows."""
+        units = self.model.noise_units
+        return units if len(self._x_train) * units <= _HOST_NOISE_MAX else 0
 
     def _readout(self) -> _Readout:
         return (np.asarray(keras.ops.convert_to_numpy(self.loss_metric.result())),
@@ -597,23 +644,33 @@ class _TensorFlowEpoch:
     are assigned to two variables and batch i is a slice of them. The last, short batch is
     padded to full size with a row mask (the `sample_weight` that `PackedNet.compute_loss`
     and `MemberDataLoss` read), so every step has one shape and the step is traced once.
+
+    The dropout noise comes the same way, drawn by NumPy for the whole epoch (`train`'s
+    `noise`): XLA's CPU random-number code took ~15 % of a 16-member step on digits, NumPy
+    draws an epoch's worth in well under a millisecond. Without `noise_units` the model
+    draws its own (`MemberDropout`).
     """
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int, *,
-                 jit_compile: bool, readout: Callable[[], tuple] | None = None) -> None:
+                 jit_compile: bool, noise_units: int = 0,
+                 readout: Callable[[], tuple] | None = None) -> None:
         import tensorflow as tf
 
         steps = -(-len(x) // batch_size)
-        self.x = tf.Variable(self._padded(x, steps * batch_size), trainable=False)
-        self.y = tf.Variable(self._padded(y, steps * batch_size), trainable=False)
-        mask = tf.constant(self._padded(np.ones(len(x), np.float32), steps * batch_size))
+        padded = steps * batch_size
+        self.x = tf.Variable(self._padded(x, padded), trainable=False)
+        self.y = tf.Variable(self._padded(y, padded), trainable=False)
+        self.noise = (tf.Variable(np.zeros((padded, noise_units), np.float32), trainable=False)
+                      if noise_units else None)
+        mask = tf.constant(self._padded(np.ones(len(x), np.float32), padded))
 
         def step(i):  # noqa: ANN001, ANN202 - a graph tensor
             def rows(t):  # noqa: ANN001, ANN202 - batch i, with a static shape for XLA
                 return tf.slice(t, [i * batch_size] + [0] * (t.shape.rank - 1),
                                 [batch_size, *t.shape[1:]])
 
-            model.train_step((rows(self.x), rows(self.y), rows(mask)))
+            features = rows(self.x) if self.noise is None else (rows(self.x), rows(self.noise))
+            model.train_step((features, rows(self.y), rows(mask)))
             return (i + 1,)
 
         @tf.function(jit_compile=jit_compile, autograph=False)
@@ -626,11 +683,15 @@ class _TensorFlowEpoch:
 
         self.function = epoch
 
-    def train(self, x: np.ndarray, y: np.ndarray) -> _Readout | None:
-        """Train an epoch on these rows; the readout, if the program makes one."""
+    def train(self, x: np.ndarray, y: np.ndarray,
+              noise: np.ndarray | None = None) -> _Readout | None:
+        """Train an epoch on these rows (and their dropout noise, if the program takes it);
+        the readout, if the program makes one."""
         padded = self.x.shape[0]
         self.x.assign(self._padded(x, padded))
         self.y.assign(self._padded(y, padded))
+        if self.noise is not None and noise is not None:
+            self.noise.assign(self._padded(noise, padded))
         out = self.function()
         if not out:
             return None
