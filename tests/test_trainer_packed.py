@@ -274,6 +274,35 @@ def test_dropout_members_score_like_the_reference_trainer(make_spec) -> None:
     assert abs(packed.mean() - keras_values.mean()) < 3 * se + 0.01, (packed, keras_values)
 
 
+class _AllZeroDraws:
+    def random(self, shape, dtype):  # noqa: ANN001, ANN201 - as numpy's Generator.random
+        return np.zeros(shape, dtype)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the epoch program of the TensorFlow backend")
+@pytest.mark.parametrize("host_noise", [True, False])
+def test_dropout_masks_with_the_epoch_programs_noise(make_spec, monkeypatch,
+                                                     host_noise) -> None:
+    """NumPy's draws are the masks (all-zero draws drop every unit, so the hidden kernels
+    get no gradient); past the size cap the model draws its own and the kernels train."""
+    import regsearch.trainers.packed as packed
+
+    if not host_noise:
+        monkeypatch.setattr(packed, "_HOST_NOISE_MAX", 0)
+    trainer, _, _ = _setup(make_spec(train__epochs=2), pack_size=2)
+    slot = trainer.assign(RegConfig("none", dropout=0.5), seed=0, prune=_never)
+    before = trainer.member_weights(slot)
+    trainer.noise_rng = _AllZeroDraws()
+    trainer.run_epoch()
+    after = trainer.member_weights(slot)
+    assert (trainer._tf_epoch.noise is not None) == host_noise
+    hidden_kernels_moved = [not np.array_equal(a, b) for a, b in zip(before[:-2:2],
+                                                                     after[:-2:2])]
+    assert hidden_kernels_moved == [not host_noise] * len(hidden_kernels_moved)
+    assert not np.array_equal(before[-1], after[-1])  # the output bias trains either way
+
+
 # ----------------------------------------------------------------- 7. JAX backend
 
 @pytest.mark.slow
