@@ -6,9 +6,10 @@ The packed trainer's XLA compile is ~3 s on a 2-core CPU, as long as a dozen epo
 and JAX (`jax_compilation_cache_dir`) can keep compiled executables on disk keyed by the
 program, so a later process with the same model, pack size and batch loads them instead.
 
-The directory is `$REGSEARCH_COMPILE_CACHE`, else `$XDG_CACHE_HOME/regsearch/xla` (default
-`~/.cache/regsearch/xla`), one folder per backend version; `REGSEARCH_COMPILE_CACHE=off`
-turns it off. A cache the user configured for the backend themselves is left alone.
+The directory is `$REGSEARCH_COMPILE_CACHE`, else `$XDG_CACHE_HOME/regsearch` (default
+`~/.cache/regsearch`), one folder per backend version (and one per MLflow version for the
+empty MLflow store of `recorders.mlflow_store`); `REGSEARCH_COMPILE_CACHE=off` turns it off.
+A cache the user configured for the backend themselves is left alone.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ _JAX_MIN_COMPILE_S = 0.2
 
 
 def cache_root() -> Path | None:
-    """Where compiled programs are kept, or None when turned off."""
+    """Where compiled programs (and prepared stores) are kept, or None when turned off."""
     configured = os.environ.get(ENV, "").strip()
     if configured.lower() in ("off", "0", "false", "no"):
         return None
     if configured:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "regsearch" / "xla"
+    return Path(base) / "regsearch"
 
 
 def enable(backend: str) -> Path | None:

@@ -53,7 +53,7 @@ def test_the_folder_follows_the_environment(monkeypatch, tmp_path: Path) -> None
     assert compile_cache.enable("tensorflow") is None
     monkeypatch.delenv(compile_cache.ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert compile_cache.cache_root() == tmp_path / "xdg" / "regsearch" / "xla"
+    assert compile_cache.cache_root() == tmp_path / "xdg" / "regsearch"
 
 
 def test_a_folder_that_cannot_be_made_leaves_it_off(monkeypatch, tmp_path: Path) -> None:
@@ -81,8 +81,7 @@ def test_a_second_process_loads_the_first_ones_compiles(tmp_path: Path, backend:
     env = {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "TF_XLA_FLAGS": ""}
     # the automatic pack (a quarter of 8 trials): its size came from the device query
     assert f"backend {backend} pack 2" in _train_one_pack(tmp_path, cache, **env)
-    (folder,) = cache.iterdir()
-    assert folder.name.startswith(f"{backend}-")
+    (folder,) = [f for f in cache.iterdir() if f.name.startswith(f"{backend}-")]
     first = _entries(folder)
     assert first, "the first process stored no compiled program"
     _train_one_pack(tmp_path, cache, **env)

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
 from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
+from regsearch.recorders.mlflow_store import seed_new_store  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
 from regsearch.spec import is_better  # noqa: E402
 from regsearch.storage import mask_url  # noqa: E402
@@ -69,6 +70,7 @@ class MlflowWriter:
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
+        seed_new_store(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def experiment(self, study: str) -> str:
