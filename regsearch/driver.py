@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +30,9 @@ from regsearch.storage import (DATABASE_ERRORS, first_line, hold_sqlite, is_sqli
 from regsearch.study_io import PackStorage, unbeaten_trial_ids, write_details
 from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
                                      TrialOutcome)
+
+if TYPE_CHECKING:
+    from regsearch.recorders.mlflow_process import WriterProcess
 
 SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
 INTERRUPTED = "interrupted by the user"
@@ -121,12 +124,30 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
     """Validate data, then create or reopen the study and its records.
 
     Nothing is written before the data passes. The ledger shares the study's database;
-    MLflow (unless disabled) gets its own. With `join` (a worker) the study must exist
+    MLflow (unless disabled) gets its own, and its writer process starts as soon as the data
+    passes (if the study then fails to open, the writer ends once its store is open). With `join` (a worker) the study must exist
     already: one process (`regsearch init` or `run`) creates it, so workers never race.
     """
     data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
     objective = resolve_objective(spec, data.task)
-    url = storage or spec.storage
+    tracking_uri = mlflow or (spec.mlflow.tracking_uri if spec.mlflow.enabled else None)
+    writer = None
+    if tracking_uri:  # MLflow's import (seconds) runs while the study opens
+        from regsearch.recorders.mlflow_process import WriterProcess
+
+        writer = WriterProcess(tracking_uri)
+    try:
+        return _open_records(spec, data, objective, storage or spec.storage, n_trials,
+                             timeout, join, tracking_uri, writer)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+
+
+def _open_records(spec: StudySpec, data: Dataset, objective: Objective, url: str,
+                  n_trials: int | None, timeout: float | None, join: bool,
+                  tracking_uri: str | None, writer: WriterProcess | None) -> StudyRun:
     heartbeat = None if is_sqlite(url) else (spec.workers.heartbeat_interval,
                                              spec.workers.grace_period)
     rdb = open_storage(url, heartbeat=heartbeat)
@@ -144,10 +165,10 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
     if not is_sqlite(url):
         rdb.heartbeat_stale_trial_callback = lambda _study, trial: _died(run, trial)
     run.recorders = [LedgerRecorder(ledger)]
-    if mlflow or spec.mlflow.enabled:
+    if tracking_uri:
         from regsearch.recorders.mlflow_live import MlflowRecorder
 
-        run.recorders.append(MlflowRecorder(mlflow or spec.mlflow.tracking_uri, ledger))
+        run.recorders.append(MlflowRecorder(tracking_uri, ledger, writer=writer))
     return run
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -150,6 +152,40 @@ def test_unreachable_database_is_a_clear_error_without_password(make_spec) -> No
     message = str(info.value)
     assert "hunter2" not in message and "***" in message
     assert "127.0.0.1:1" in message and "check that the database server is running" in message
+
+
+def _writer_processes() -> list[int]:
+    """This process's live MLflow writer children (an exited child's cmdline is empty)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"mlflow_process" in command:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_study_that_fails_to_open_leaves_no_writer_and_a_whole_mlflow_store(
+        make_spec, tmp_path) -> None:
+    """The MLflow writer starts when the data passes, before the study opens; a study that
+    then fails lets it finish opening its store and end, never killed half-way."""
+    spec = make_spec(storage="postgresql+psycopg://user@127.0.0.1:1/none")
+    with pytest.raises(StorageError):
+        driver.open_run(spec)
+    deadline = time.monotonic() + 60
+    while _writer_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _writer_processes()
+    store = tmp_path / "mlflow.db"
+    if store.exists():
+        from mlflow import MlflowClient
+
+        assert [e.name for e in MlflowClient(f"sqlite:///{store}").search_experiments()] == [
+            "Default"]
 
 
 def test_bad_data_is_refused_before_storage_is_created(make_spec, tmp_path) -> None:

@@ -46,14 +46,17 @@ class MlflowRecorder:
     """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
 
     def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
-                 drain_seconds: float = 30.0, epochs_every: float = EPOCHS_EVERY) -> None:
+                 drain_seconds: float = 30.0, epochs_every: float = EPOCHS_EVERY,
+                 writer: WriterProcess | None = None) -> None:
+        """`writer`: one started earlier for `tracking_uri` (`driver.open_run` starts it
+        as soon as the data passes, so MLflow's import overlaps opening the study)."""
         self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
         self.drain_seconds, self.epochs_every = drain_seconds, epochs_every
         self.unsent: dict[int, list[EpochMetrics]] = {}  # running trials' epochs, not yet sent
         self.sent: dict[int, int] = {}  # how many epochs of a running trial were sent
         self.last_send = time.monotonic()
         self.failed: str | None = None
-        self.writer = WriterProcess(tracking_uri)  # starts importing MLflow now
+        self.writer = writer or WriterProcess(tracking_uri)  # imports MLflow from its start
         self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="regsearch-mlflow", daemon=True)
         self.thread.start()

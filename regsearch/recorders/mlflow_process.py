@@ -79,6 +79,14 @@ class WriterProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def abandon(self) -> None:
+        """Stop sending requests without waiting: the child ends once it has opened the
+        store (never killed half-way through creating it)."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+
     def kill(self) -> None:
         """Stop the child now; a call waiting on it fails with `WriterFailed`."""
         self.process.kill()
