@@ -233,3 +233,20 @@ def test_config_of_a_trial_cut_off_mid_suggestion_says_what_is_unset() -> None:
     assert driver.config_of(full) == space.RegConfig("l1", l1=1e-4, dropout=0.3)
     nothing = optuna.trial.create_trial(state=TrialState.FAIL)
     assert driver.config_of(nothing) == space.RegConfig("unset")
+
+
+def test_the_heap_before_the_first_study_loop_is_frozen_once(make_spec, monkeypatch) -> None:
+    """What exists when the first loop starts is kept off full collections (`gc.freeze`);
+    what a later study of the same process creates is collected as usual."""
+    import gc
+
+    monkeypatch.setattr(driver, "_frozen", False)
+    spec = make_spec(search={"n_trials": 1, "pruner": "none"}, trainer="keras")
+    first = run(spec)
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    assert id(first.study) not in {id(o) for o in gc.get_objects()}
+    second = run(make_spec(name="second", search={"n_trials": 1, "pruner": "none"},
+                           trainer="keras"))
+    assert id(second.study) in {id(o) for o in gc.get_objects()}
+    assert gc.get_freeze_count() <= frozen  # not frozen again (freed objects leave it)
