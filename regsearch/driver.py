@@ -126,8 +126,9 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
 
     Nothing is written before the data passes. The ledger shares the study's database;
     MLflow (unless disabled) gets its own, and its writer process starts as soon as the data
-    passes (if the study then fails to open, the writer ends once its store is open). With `join` (a worker) the study must exist
-    already: one process (`regsearch init` or `run`) creates it, so workers never race.
+    passes (if the study then fails to open, the writer ends once its store is open). With
+    `join` (a worker) the study must exist already: one process (`regsearch init` or `run`)
+    creates it, so workers never race.
     """
     data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
     objective = resolve_objective(spec, data.task)

@@ -1,11 +1,12 @@
 """A new local MLflow SQLite store starts as a copy of an empty one, made once per MLflow version.
 
 MLflow creates a new SQL store's tables by running its schema migrations in order: opening
-a new store took 1.17-1.33 s of CPU in a fresh process, a copy 0.65-0.76 s (the rest is
-MLflow loading its migration scripts to check the schema, on every open; measured on a 2-core
-machine). That time is taken from the first epochs of a search recording into a new store. The copy is MLflow's own migrated schema, made by MLflow itself,
-at the head revision it checks on every open; its default experiment is left out, so MLflow
-adds it on the first open with this store's own artifact location. The empty store is kept
+a new store took 1.17-1.33 s of CPU in a fresh process, opening a copy 0.65-0.76 s (the rest
+is MLflow loading its migration scripts to check the schema, as on every open; measured on a
+2-core machine). That time is taken from the first epochs of a search that records into a
+new store. The copy is MLflow's own migrated schema, made by MLflow itself, at the head
+revision it checks on every open; its default experiment is left out, so MLflow adds it on
+the first open with this store's own artifact location. The empty store is kept
 in regsearch's cache (`compile_cache.cache_root`), beside the compiled programs.
 
 Only an optimisation: anything that goes wrong here (no cache, a read-only disk, a private
