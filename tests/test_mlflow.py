@@ -696,9 +696,9 @@ def test_a_killed_run_is_closed_as_killed_when_the_study_is_reopened(tmp_path: P
     name = "stale"
     storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
     path = study_file(tmp_path, name, storage=storage, tracking_uri=tracking,
-                      train={"epochs": 400, "batch_size": 32}, search={"n_trials": 2})
-    # 400 epochs: trial 1 trains for seconds, long enough to be killed while it runs (the
-    # packed epoch is one compiled program: 100 could end in about a second)
+                      train={"epochs": 1200, "batch_size": 32}, search={"n_trials": 2})
+    # 1200 epochs: trial 1 trains for seconds, long enough to be killed while it runs (the
+    # packed epoch is one compiled program and a light one: 400 ended in 1.4 s in CI)
     run = Watched(tmp_path, "run", path.name)
     try:
         run.wait_line("trial 0 ", CLI_TIMEOUT)
