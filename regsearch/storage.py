@@ -40,7 +40,7 @@ def open_storage(url: str, *, must_exist: bool = False,
     With `must_exist` (read-only commands) a missing SQLite file is an error, not a new file.
     `heartbeat` is (interval, grace period) in seconds, for studies shared by processes.
     """
-    database = _sqlite_file(url)
+    database = sqlite_file(url)
     if database is not None:
         if must_exist:
             require_existing(url)
@@ -60,7 +60,8 @@ def open_storage(url: str, *, must_exist: bool = False,
                            "the database server is running and the URL is right") from None
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory ones."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -69,7 +70,7 @@ def _sqlite_file(url: str) -> Path | None:
 
 def require_existing(url: str) -> None:
     """Read-only commands must not leave an empty SQLite file behind a typo."""
-    database = _sqlite_file(url)
+    database = sqlite_file(url)
     if database is not None and not database.is_file():
         raise StorageError(f"no study database at {database}; run a study first, or pass "
                            "--storage with the URL it was run with")
@@ -82,7 +83,7 @@ def hold_sqlite(url: str) -> Iterator[None]:
     SQLite serves one writing process well; a second `run` or worker on the same file would
     interleave trials and fail on locks, so it is refused at once with what to do instead.
     """
-    database = _sqlite_file(url)
+    database = sqlite_file(url)
     if database is None:
         yield
         return

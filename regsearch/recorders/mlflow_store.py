@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from regsearch import compile_cache
+from regsearch.storage import sqlite_file
 
 _NAME = "empty-store.db"
 
@@ -34,10 +35,10 @@ def seed_new_store(tracking_uri: str) -> bool:
     Returns whether it did. An existing file is never touched; two processes seeding the
     same new store at once leave one copy (the file appears whole, by a hard link).
     """
-    target = _sqlite_path(tracking_uri)
-    if target is None or target.exists():
-        return False
     try:
+        target = sqlite_file(tracking_uri)
+        if target is None or str(target).startswith("file:") or target.exists():
+            return False
         template = _template()
         if template is None:
             return False
@@ -53,17 +54,6 @@ def seed_new_store(tracking_uri: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - MLflow creates the store itself instead
         return False
-
-
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(tracking_uri).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database).expanduser().resolve()
 
 
 def _template() -> Path | None:
