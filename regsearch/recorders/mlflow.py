@@ -2,7 +2,9 @@
 
 MLflow is a view of the ledger. Runs are addressed by explicit ids through `MlflowClient`
 (no global active run), so parallel trials cannot cross. `MlflowWriter` makes the writes,
-for `regsearch sync` here and, in a child process, for live recording (`mlflow_live`).
+for `regsearch sync` here and, in a child process, for live recording (`mlflow_live`). Trials
+start and end in batches (a pack's worth at once); on a SQL store each batch is one
+transaction (`mlflow_batch`), on an MLflow server a few calls per run.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 # MLflow's defaults retry a dead server for minutes; these bound each call to seconds.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -28,6 +31,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
+from regsearch.recorders.mlflow_batch import BatchWriter, NewRun, RunEnd  # noqa: E402
 from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
 from regsearch.recorders.mlflow_store import seed_new_store  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
@@ -39,6 +43,7 @@ ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsear
                                    "regsearch.state", "regsearch.complete")
 _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
+T = TypeVar("T")
 
 for _noisy in ("mlflow", "alembic"):  # their INFO lines would drown the progress display
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -73,6 +78,11 @@ class MlflowWriter:
         seed_new_store(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
+    @cached_property
+    def batch(self) -> BatchWriter | None:
+        """Batched writes, if the store takes them (first asked when a batch is written)."""
+        return BatchWriter.for_client(self.client)
+
     def experiment(self, study: str) -> str:
         found = self.client.get_experiment_by_name(study)
         if found is not None:
@@ -100,28 +110,64 @@ class MlflowWriter:
     def start_trial(self, experiment_id: str, parent_id: str, study: str, number: int,
                     config: RegConfig, started: datetime | None = None,
                     tags: dict[str, str] | None = None) -> str:
-        """`started` is when the trial began, not when this (possibly late) write happens."""
-        run = self.client.create_run(experiment_id, start_time=_ms(started),
-                                     run_name=f"trial-{number:04d}", tags={
+        return self.start_trials(experiment_id, parent_id, study, [(number, config)], started,
+                                 tags)[0]
+
+    def start_trials(self, experiment_id: str, parent_id: str, study: str,
+                     trials: list[tuple[int, RegConfig]], started: datetime | None = None,
+                     tags: dict[str, str] | None = None) -> list[str]:
+        """A RUNNING child run per trial, with its config as params; the run ids, in order.
+
+        `started` is when the trials began, not when this (possibly late) write happens."""
+        runs = [NewRun(f"trial-{number:04d}", _ms(started), tags={
             "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study, TRIAL: str(number),
-            STATE: "running", **(tags or {})})
-        self._log(run.info.run_id, params={k: str(v) for k, v in config.as_dict().items()})
+            STATE: "running", **(tags or {})}, params={
+            k: str(v) for k, v in config.as_dict().items()}) for number, config in trials]
+        return self._batched(lambda batch: batch.start_runs(experiment_id, runs),
+                             lambda: [self._start_run(experiment_id, run) for run in runs])
+
+    def _start_run(self, experiment_id: str, new: NewRun) -> str:
+        run = self.client.create_run(experiment_id, start_time=new.start_time,
+                                     run_name=new.name, tags=new.tags)
+        self._log(run.info.run_id, params=new.params)
         return run.info.run_id
 
     def finish_trial(self, run_id: str, record: TrialRecord, metric: str) -> None:
-        """The run's end, then all epochs, the outcome and the completion tag in batches.
+        self.finish_trials([(run_id, record)], metric)
 
-        The completion tag comes with the last batch (one transaction each): a run that has
+    def finish_trials(self, finished: list[tuple[str, TrialRecord]], metric: str) -> None:
+        """Each run's end, its epochs, the outcome and the completion tag.
+
+        The completion tag comes with the last write (one transaction each): a run that has
         it has everything; one cut off before is rebuilt by `sync`."""
-        stamp = _ms(record.finished) or int(time.time() * 1000)
-        metrics = _epoch_points(record.epochs, metric, stamp)
-        metrics += [Metric(f"final_{k}", float(v), stamp, 0)
-                    for k, v in record.summary.items() if v is not None]
-        if record.value is not None:
-            metrics.append(Metric("value", record.value, stamp, 0))
-        tags = {STATE: record.state, "regsearch.reason": record.reason or ""}
-        self.client.set_terminated(run_id, _status(record), end_time=_ms(record.finished))
-        self._log(run_id, metrics=metrics, tags={**tags, DONE: "true"})
+        ends = []
+        for run_id, record in finished:
+            stamp = _ms(record.finished) or int(time.time() * 1000)
+            metrics = _epoch_points(record.epochs, metric, stamp)
+            metrics += [Metric(f"final_{k}", float(v), stamp, 0)
+                        for k, v in record.summary.items() if v is not None]
+            if record.value is not None:
+                metrics.append(Metric("value", record.value, stamp, 0))
+            ends.append(RunEnd(run_id, _status(record), _ms(record.finished), metrics, {
+                STATE: record.state, "regsearch.reason": record.reason or "", DONE: "true"}))
+        self._batched(lambda batch: batch.finish_runs(ends),
+                      lambda: [self._finish_run(end) for end in ends])
+
+    def _finish_run(self, end: RunEnd) -> None:
+        self.client.set_terminated(end.run_id, end.status, end_time=end.end_time)
+        self._log(end.run_id, metrics=end.metrics, tags=end.tags)
+
+    def _batched(self, batched: Callable[[BatchWriter], T], per_run: Callable[[], T]) -> T:
+        """One transaction for the whole batch where the store allows it, else a call per
+        run. A batch the store refuses (a failed transaction writes nothing) is written
+        again per run, and later batches go per run too: a store MLflow's client can write
+        but `BatchWriter` cannot (another MLflow version's tables) is slower, never wrong."""
+        if self.batch is not None:
+            try:
+                return batched(self.batch)
+            except Exception:  # noqa: BLE001 - the per-run calls meet, and report, any real fault
+                self.batch = None
+        return per_run()
 
     def log_epochs(self, run_id: str, epochs: Iterable[EpochMetrics], metric: str) -> None:
         """Epochs of a running trial, so its curves grow in the UI while it trains."""

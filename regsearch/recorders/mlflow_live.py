@@ -92,17 +92,12 @@ class MlflowRecorder:
         self._submit(lambda: self._start(started, moment))
 
     def _start(self, started: list[tuple[int, RegConfig]], moment: datetime) -> None:
-        """A run per trial; the ledger learns the batch's run ids in one transaction."""
-        runs: dict[int, str] = {}
-        try:
-            for number, config in started:
-                runs[number] = self.writer.start_trial(self.experiment_id, self.parent_id,
-                                                       self.study, number, config, moment,
-                                                       worker_tags())
-        finally:
-            self.run_ids.update(runs)
-            if runs:
-                self._from_ledger(lambda: self.ledger.set_mlflow(self.study, runs, synced=False))
+        """A run per trial, in one write; the ledger learns their ids in one transaction."""
+        ids = self.writer.start_trials(self.experiment_id, self.parent_id, self.study, started,
+                                       moment, worker_tags())
+        runs = {number: run_id for (number, _), run_id in zip(started, ids)}
+        self.run_ids.update(runs)
+        self._from_ledger(lambda: self.ledger.set_mlflow(self.study, runs, synced=False))
 
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
         """Every `epochs_every` seconds the running trials' new epochs go out together, so
@@ -129,23 +124,19 @@ class MlflowRecorder:
         self._submit(lambda: self._finish(records))
 
     def _finish(self, records: list[tuple[TrialRecord, int]]) -> None:
-        """End each run with the epochs not sent yet; then the ledger's flags in one
-        transaction and, if the batch holds a new best, the parent's best (once, for the
-        best of the batch)."""
-        synced: dict[int, str] = {}
-        try:
-            for record, sent in records:
-                run_id = self.run_ids.pop(record.number, None)
-                if run_id is None:  # its start was never written: a whole run now
-                    run_id, sent = self.writer.start_trial(
-                        self.experiment_id, self.parent_id, self.study, record.number,
-                        record.config, record.started, worker_tags()), 0
-                self.writer.finish_trial(run_id, replace(record, epochs=record.epochs[sent:]),
-                                         self.metric)
-                synced[record.number] = run_id
-        finally:
-            if synced:
-                self._from_ledger(lambda: self.ledger.set_mlflow(self.study, synced, synced=True))
+        """End each run with the epochs not sent yet, in one write (a trial whose start was
+        never written gets its whole run); then the ledger's flags in one transaction and,
+        if the batch holds a new best, the parent's best (once, for the best of the batch)."""
+        ends = []
+        for record, sent in records:
+            if record.number not in self.run_ids:  # its start was never written: a whole run
+                self.run_ids[record.number], sent = self.writer.start_trial(
+                    self.experiment_id, self.parent_id, self.study, record.number,
+                    record.config, record.started, worker_tags()), 0
+            ends.append((self.run_ids[record.number], replace(record, epochs=record.epochs[sent:])))
+        self.writer.finish_trials(ends, self.metric)
+        synced = {record.number: self.run_ids.pop(record.number) for record, _ in records}
+        self._from_ledger(lambda: self.ledger.set_mlflow(self.study, synced, synced=True))
         best = None
         for record, _ in records:
             if record.value is not None and record.state == "complete" and self._better(record):
