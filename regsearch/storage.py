@@ -14,6 +14,7 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
 from regsearch.errors import StorageError
+from regsearch.sqlite_seed import EmptyDatabase, seed_new_database
 
 _DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
                   "MySQLdb": "mysql"}
@@ -45,10 +46,15 @@ def open_storage(url: str, *, must_exist: bool = False,
         if must_exist:
             require_existing(url)
         _make_folder(database, url)
+    # A new SQLite study is a copy of an empty one this Optuna version made: its tables and
+    # schema revision are Optuna's own, so neither needs making or checking again.
+    seeded = not must_exist and seed_new_database(database, _EMPTY_STUDY)
     try:
         interval, grace = heartbeat or (None, None)
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
-                                             heartbeat_interval=interval, grace_period=grace)
+                                             heartbeat_interval=interval, grace_period=grace,
+                                             skip_compatibility_check=seeded,
+                                             skip_table_creation=seeded)
         tune_sqlite(storage.engine)
         return storage
     except ModuleNotFoundError as exc:
@@ -58,6 +64,18 @@ def open_storage(url: str, *, must_exist: bool = False,
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {first_line(exc)}; check that "
                            "the database server is running and the URL is right") from None
+
+
+def _create_study_database(path: Path) -> None:
+    optuna.storages.RDBStorage(f"sqlite:///{path}").engine.dispose()
+
+
+def _has_no_study(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT count(*) FROM studies").fetchone()[0] == 0
+
+
+_EMPTY_STUDY = EmptyDatabase(f"optuna-{optuna.__version__}", "empty-study.db",
+                             _create_study_database, _has_no_study)
 
 
 def sqlite_file(url: str) -> Path | None:
