@@ -43,6 +43,15 @@ def tiny_study(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache folder of this test alone (compiled programs, empty databases), made on use."""
+    from regsearch import compile_cache
+
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
 def make_spec(tmp_path: Path) -> Callable[..., StudySpec]:
     """`make_spec(train__epochs=5, space__regularizers=["l2"])` -> a validated spec."""
     def make(**overrides: Any) -> StudySpec:

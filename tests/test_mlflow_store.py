@@ -26,9 +26,8 @@ pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache" / f"mlflow-{metadata.version('mlflow')}" / "empty-store.db"
+def cache(cache_root: Path) -> Path:
+    return cache_root / f"mlflow-{metadata.version('mlflow')}" / "empty-store.db"
 
 
 def _url(path: Path) -> str:

@@ -19,9 +19,8 @@ from regsearch.storage import open_storage
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache" / f"optuna-{optuna.__version__}" / "empty-study.db"
+def cache(cache_root: Path) -> Path:
+    return cache_root / f"optuna-{optuna.__version__}" / "empty-study.db"
 
 
 def _url(path: Path) -> str:
