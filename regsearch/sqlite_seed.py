@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import uuid
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def seed_new_database(target: Path | None, kind: EmptyDatabase) -> bool:
         if template is None:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.seed")
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.seed")
         shutil.copyfile(template, partial)
         try:
             os.link(partial, target)
@@ -72,10 +73,12 @@ def _template(kind: EmptyDatabase) -> Path | None:
     if template.exists() and _intact(template, kind):
         return template
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{kind.name}.{os.getpid()}"
-    partial.unlink(missing_ok=True)
-    kind.create(partial)
-    os.replace(partial, template)
+    partial = folder / f".{kind.name}.{uuid.uuid4().hex}"  # PIDs repeat across containers
+    try:
+        kind.create(partial)
+        os.replace(partial, template)
+    finally:
+        partial.unlink(missing_ok=True)
     return template
 
 

@@ -48,7 +48,7 @@ def open_storage(url: str, *, must_exist: bool = False,
         _make_folder(database, url)
     # A new SQLite study is a copy of an empty one this Optuna version made: its tables and
     # schema revision are Optuna's own, so neither needs making or checking again.
-    seeded = not must_exist and seed_new_database(database, _EMPTY_STUDY)
+    seeded = not must_exist and seed_new_database(seedable_file(url), _EMPTY_STUDY)
     try:
         interval, grace = heartbeat or (None, None)
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
@@ -84,6 +84,13 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database).expanduser()
+
+
+def seedable_file(url: str) -> Path | None:
+    """The file of a SQLite URL as SQLite opens it, for seeding (`sqlite_seed`); None
+    where that is not `sqlite_file`'s path: SQLite takes `~/x.db` as written, relative."""
+    database = sqlite_file(url)
+    return None if database is None or make_url(url).database.startswith("~") else database
 
 
 def require_existing(url: str) -> None:

@@ -150,19 +150,33 @@ def test_found_by_their_tags_as_sync_and_the_recorder_find_runs(writer: MlflowWr
                                                             "trial-0002"]
 
 
-def test_a_batch_the_store_refuses_writes_nothing_and_is_written_per_run(
-        writer: MlflowWriter) -> None:
-    """One run of the batch is gone: the batch's transaction leaves every run as it was,
-    and the per-run calls then end the others once each and report the missing one."""
-    experiment = writer.experiment("refused")
+def _with_a_deleted_run(writer: MlflowWriter, study: str) -> tuple[list[str], list]:
+    """Two started trials, the second's run deleted since: a batch of their ends fails."""
+    experiment = writer.experiment(study)
     parent = writer.client.create_run(experiment).info.run_id
-    records = _records("refused")
-    ids = writer.start_trials(experiment, parent, "refused", [(r.number, r.config)
-                                                              for r in records[:2]], STARTED)
+    records = _records(study)[:2]
+    ids = writer.start_trials(experiment, parent, study, [(r.number, r.config)
+                                                          for r in records], STARTED)
     writer.client.delete_run(ids[1])
+    return ids, records
+
+
+def test_a_batch_the_store_refuses_writes_nothing(writer: MlflowWriter,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ids, records = _with_a_deleted_run(writer, "refused")
+    monkeypatch.setattr(writer, "_finish_run", lambda end: None)  # no per-run writes after
+    writer.finish_trials(list(zip(ids, records)), "accuracy")
+    untouched = writer.client.get_run(ids[0])
+    assert untouched.info.status == "RUNNING" and DONE not in untouched.data.tags
+    assert untouched.data.metrics == {}
+    assert writer.batch is None  # later batches go per run
+
+
+def test_a_refused_batch_is_written_per_run(writer: MlflowWriter) -> None:
+    """The per-run calls end the trial whose run is there and report the deleted one."""
+    ids, records = _with_a_deleted_run(writer, "per-run")
     with pytest.raises(Exception, match=ids[1]):
         writer.finish_trials(list(zip(ids, records)), "accuracy")
-    assert writer.batch is None  # later batches go per run
     ended = writer.client.get_run(ids[0])
     assert ended.info.status == "FINISHED" and ended.data.tags[DONE] == "true"
-    assert len(writer.client.get_metric_history(ids[0], "val_loss")) == 12  # once, not twice
+    assert len(writer.client.get_metric_history(ids[0], "val_loss")) == 12

@@ -46,14 +46,40 @@ def _run_and_reload(path: Path, name: str, trials: int = 3) -> int:
         checked.engine.dispose()
 
 
+def _mark(path: Path, value: int | None = None) -> int:
+    """SQLite's user_version of the file (set first if `value`): neither library uses it."""
+    with closing(sqlite3.connect(path)) as db:
+        if value is not None:
+            db.execute(f"PRAGMA user_version = {value}")
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
 def test_a_new_study_database_is_a_copy_of_the_cached_empty_one(cache: Path,
                                                                tmp_path: Path) -> None:
     assert _run_and_reload(tmp_path / "a" / "s.db", "a") == 3
     assert cache.is_file() and _studies(cache) == []
+    _mark(cache, 4242)
     made = cache.stat().st_mtime_ns
     assert _run_and_reload(tmp_path / "b" / "s.db", "b") == 3
     assert cache.stat().st_mtime_ns == made  # copied, not made again
+    assert _mark(tmp_path / "b" / "s.db") == 4242  # the copy, not a database Optuna made
     assert _studies(tmp_path / "b" / "s.db") == ["b"]
+
+
+def test_a_path_sqlite_takes_as_written_is_left_to_optuna(cache: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """`sqlite:///~/s.db` is `./~/s.db` to SQLite: a copy at the home folder's `s.db`
+    would leave Optuna an empty file opened as if it had its tables."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()  # SQLite makes no folders
+    storage = open_storage("sqlite:///~/s.db")
+    optuna.create_study(storage=storage, study_name="here").optimize(
+        lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
+    storage.engine.dispose()
+    assert _studies(tmp_path / "~" / "s.db") == ["here"]
+    assert not (tmp_path / "home" / "s.db").exists()
 
 
 def test_an_existing_study_database_is_opened_not_replaced(cache: Path, tmp_path: Path) -> None:

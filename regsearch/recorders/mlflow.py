@@ -36,7 +36,7 @@ from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
 from regsearch.recorders.mlflow_store import seed_new_store  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
 from regsearch.spec import is_better  # noqa: E402
-from regsearch.storage import mask_url  # noqa: E402
+from regsearch.storage import DATABASE_ERRORS, mask_url  # noqa: E402
 from regsearch.trainers.base import EpochMetrics  # noqa: E402
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
@@ -159,14 +159,19 @@ class MlflowWriter:
 
     def _batched(self, batched: Callable[[BatchWriter], T], per_run: Callable[[], T]) -> T:
         """One transaction for the whole batch where the store allows it, else a call per
-        run. A batch the store refuses (a failed transaction writes nothing) is written
-        again per run, and later batches go per run too: a store MLflow's client can write
-        but `BatchWriter` cannot (another MLflow version's tables) is slower, never wrong."""
-        if self.batch is not None:
-            try:
-                return batched(self.batch)
-            except Exception:  # noqa: BLE001 - the per-run calls meet, and report, any real fault
-                self.batch = None
+        run. A batch the store refuses (its transaction rolled back: nothing written) is
+        written again per run, and later batches go per run too: a store MLflow's client
+        can write but `BatchWriter` cannot (another MLflow version's tables) is slower,
+        never wrong. A lost connection is raised instead: its commit may have landed, and
+        starting the runs again would leave copies RUNNING for ever."""
+        try:
+            batch = self.batch
+            if batch is not None:
+                return batched(batch)
+        except Exception as exc:  # noqa: BLE001 - the per-run calls meet any real fault
+            if isinstance(exc, DATABASE_ERRORS) or isinstance(exc.__cause__, DATABASE_ERRORS):
+                raise
+            self.batch = None
         return per_run()
 
     def log_epochs(self, run_id: str, epochs: Iterable[EpochMetrics], metric: str) -> None:

@@ -26,6 +26,7 @@ from mlflow.store.tracking.dbmodels.models import (SqlLatestMetric, SqlMetric, S
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import _validate_param, _validate_tag
 from sqlalchemy import insert
 
 
@@ -71,7 +72,9 @@ class BatchWriter:
         with self.store.ManagedSessionMaker(read_only=False) as session:
             for new in runs:
                 run_id = uuid.uuid4().hex
-                tags = {MLFLOW_RUN_NAME: new.name, **new.tags}
+                tags = [_validate_tag(k, v) for k, v in {MLFLOW_RUN_NAME: new.name,
+                                                          **new.tags}.items()]
+                params = [_validate_param(k, v) for k, v in new.params.items()]
                 session.add(SqlRun(
                     name=new.name, run_uuid=run_id, experiment_id=int(experiment_id),
                     artifact_uri=append_to_uri_path(experiment.artifact_location, run_id,
@@ -81,8 +84,8 @@ class BatchWriter:
                     status=RunStatus.to_string(RunStatus.RUNNING),
                     start_time=new.start_time or now, end_time=None, deleted_time=None,
                     source_version="", lifecycle_stage=LifecycleStage.ACTIVE,
-                    tags=[SqlTag(key=k, value=v) for k, v in tags.items()],
-                    params=[SqlParam(key=k, value=v) for k, v in new.params.items()]))
+                    tags=[SqlTag(key=tag.key, value=tag.value) for tag in tags],
+                    params=[SqlParam(key=param.key, value=param.value) for param in params]))
                 ids.append(run_id)
         return ids
 
@@ -95,8 +98,8 @@ class BatchWriter:
         now = int(time.time() * 1000)
         ids = [end.run_id for end in ends]
         with self.store.ManagedSessionMaker(read_only=False) as session:
-            found = {run.run_uuid: run for run in session.query(SqlRun).filter(
-                SqlRun.run_uuid.in_(ids))}
+            found = {run.run_uuid: run for run in self.store._get_query(session, SqlRun)
+                     .filter(SqlRun.run_uuid.in_(ids))}
             points, tags = [], []
             for end in ends:
                 run = found.get(end.run_id)
@@ -104,24 +107,35 @@ class BatchWriter:
                     raise MlflowException(f"run {end.run_id} is missing or deleted")
                 run.status, run.end_time = end.status, end.end_time or now
                 points += self._metric_rows(end.run_id, end.metrics)
-                tags += [{"run_uuid": end.run_id, "key": k, "value": v}
-                         for k, v in end.tags.items()]
-            self._upsert(session, SqlLatestMetric, ids, _latest(points),
-                         lambda new, old: _rank(new) > (old.step, old.timestamp, old.value))
+                tags += [{"run_uuid": end.run_id, "key": tag.key, "value": tag.value}
+                         for tag in (_validate_tag(k, v) for k, v in end.tags.items())]
+            self._upsert(session, SqlLatestMetric, ids, _latest(points), lock=True,
+                         replaces=lambda new, old: _rank(new) > (old.step, old.timestamp,
+                                                                 old.value))
             if points:
                 session.execute(insert(SqlMetric), points)
-            self._upsert(session, SqlTag, ids, tags, lambda new, old: True)
+            self._upsert(session, SqlTag, ids, tags)
 
     @staticmethod
-    def _upsert(session: Any, model: Any, run_ids: list[str], rows: list[dict[str, Any]],
-                replaces: Callable[[dict[str, Any], Any], bool]) -> None:
+    def _upsert(session: Any, model: Any, run_ids: list[str], rows: list[dict[str, Any]], *,
+                lock: bool = False,
+                replaces: Callable[[dict[str, Any], Any], bool] = lambda new, old: True
+                ) -> None:
         """Rows keyed by (run, key): an existing row is overwritten where `replaces` says
-        so, the others are inserted; the existing rows are read (and locked) in one query."""
+        so, the others are inserted. The existing rows are found in one query and, with
+        `lock`, only they are then locked (as MLflow does for latest points: locking rows
+        that are not there would lock the gaps between keys on MySQL)."""
         if not rows:
             return
-        held = {(row.run_uuid, row.key): row for row in session.query(model).filter(
-            model.run_uuid.in_(run_ids), model.key.in_({row["key"] for row in rows}))
-            .order_by(model.run_uuid, model.key).with_for_update()}
+        there = session.query(model.run_uuid, model.key).filter(
+            model.run_uuid.in_(run_ids), model.key.in_({row["key"] for row in rows})).all()
+        held = {}
+        if there:
+            query = session.query(model).filter(model.run_uuid.in_(run_ids),
+                                                model.key.in_({key for _, key in there}))
+            if lock:
+                query = query.order_by(model.run_uuid, model.key).with_for_update()
+            held = {(row.run_uuid, row.key): row for row in query}
         fresh = []
         for row in rows:
             old = held.get((row["run_uuid"], row["key"]))
