@@ -33,9 +33,12 @@ ENDED = STARTED + timedelta(seconds=3)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server),
                         pytest.param("mysql", marks=pytest.mark.server)])
-def writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MlflowWriter]:
+def writer(request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowWriter]:
     """A writer on a new, empty MLflow store; a server's is a database of its own (MLflow's
-    schema cannot share one with Optuna's: both keep an `alembic_version` table)."""
+    schema cannot share one with Optuna's: both keep an `alembic_version` table), its
+    artifacts under `./mlruns` of the test's own folder."""
+    monkeypatch.chdir(tmp_path)
     if request.param == "sqlite":
         yield MlflowWriter(f"sqlite:///{tmp_path / 'mlflow.db'}")
         return
