@@ -548,10 +548,11 @@ class CutsTheDatabase:
 
 
 def test_mlflow_lagging_behind_a_lost_database_still_records_the_finished_trials(
-        tmp_path, fresh_db) -> None:
+        tmp_path, fresh_db, monkeypatch) -> None:
     """CI once caught the MLflow thread still opening the study when the database went:
     its ledger read failed, was taken for an MLflow failure, and no run was written for a
     trial the study had completed."""
+    monkeypatch.chdir(tmp_path)  # the store's default artifacts (./mlruns) go here
     from regsearch.errors import StorageError
     from regsearch.recorders.mlflow_live import MlflowRecorder
 
