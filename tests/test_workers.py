@@ -376,7 +376,8 @@ def test_a_second_process_on_a_running_sqlite_study_is_refused(tmp_path) -> None
     process stops at once with what to do, and the first one is not disturbed."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     mlflow = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    study = write_study(tmp_path, "single", trials=2, epochs=100, trainer="keras")
+    # Long enough to outlast both refused commands' start-up (100 epochs ended first in CI).
+    study = write_study(tmp_path, "single", trials=2, epochs=300, trainer="keras")
     first = regsearch(tmp_path, "run", study.name, storage=storage, mlflow=mlflow, wait=False)
     wait_for_running(storage, "single")
     for command in ("run", "worker"):
