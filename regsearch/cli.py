@@ -29,8 +29,11 @@ def _where(args: argparse.Namespace) -> dict[str, str | None]:
     containers and the launcher pass URLs holding passwords), else the study file."""
     import os
 
-    return {"storage": args.storage or os.environ.get("REGSEARCH_STORAGE") or None,
-            "mlflow": args.mlflow or os.environ.get("REGSEARCH_MLFLOW") or None}
+    from regsearch.storage import expand_home
+
+    where = {"storage": args.storage or os.environ.get("REGSEARCH_STORAGE") or None,
+             "mlflow": args.mlflow or os.environ.get("REGSEARCH_MLFLOW") or None}
+    return {key: url and expand_home(url) for key, url in where.items()}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -126,10 +129,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     import os
 
     from regsearch.recorders.mlflow import artifact_root
+    from regsearch.storage import expand_home
 
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", args.mlflow,
+    store = expand_home(args.mlflow)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
                "--host", args.host, "--port", str(args.port)]
-    root = artifact_root(args.mlflow)
+    root = artifact_root(store)
     if root:
         command += ["--default-artifact-root", root]
     print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr,

@@ -27,8 +27,8 @@ from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
-from regsearch.storage import (DATABASE_ERRORS, first_line, hold_sqlite, is_sqlite, mask_url,
-                              open_storage)
+from regsearch.storage import (DATABASE_ERRORS, expand_home, first_line, hold_sqlite, is_sqlite,
+                               mask_url, open_storage)
 from regsearch.study_io import PackStorage, unbeaten_trial_ids, write_details
 from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
                                      TrialOutcome)
@@ -133,14 +133,16 @@ def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | N
     """
     data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
     objective = resolve_objective(spec, data.task)
+    url = expand_home(storage or spec.storage)
     tracking_uri = mlflow or (spec.mlflow.tracking_uri if spec.mlflow.enabled else None)
+    tracking_uri = tracking_uri and expand_home(tracking_uri)
     writer = None
     if tracking_uri:  # MLflow's import (seconds) runs while the study opens
         from regsearch.recorders.mlflow_process import WriterProcess
 
         writer = WriterProcess(tracking_uri)
     try:
-        return _open_records(spec, data, objective, storage or spec.storage, n_trials,
+        return _open_records(spec, data, objective, url, n_trials,
                              timeout, join, tracking_uri, writer)
     except BaseException:
         if writer is not None:

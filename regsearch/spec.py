@@ -376,6 +376,8 @@ def _storage_url(value: Any, key: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from regsearch.storage import expand_home
+
     text = _text(value, key)
     try:
         make_url(text)
@@ -383,7 +385,13 @@ def _storage_url(value: Any, key: str) -> str:
         raise _Invalid(f"got {text!r}, which is not a SQLAlchemy URL; "
                        "use e.g. sqlite:///runs/regsearch.db or "
                        "postgresql+psycopg://user@host/db") from None
-    return text
+    return expand_home(text)
+
+
+def _tracking_uri(value: Any, key: str) -> str:
+    from regsearch.storage import expand_home
+
+    return expand_home(_text(value, key))
 
 
 # --------------------------------------------------------------------------- sections
@@ -522,7 +530,7 @@ def _boolean(value: Any, _key: str) -> bool:
 
 
 def _parse_mlflow(f: _Fields, storage: str) -> MlflowSpec:
-    spec = MlflowSpec(tracking_uri=f.get("tracking_uri", _text, DEFAULT_TRACKING_URI),
+    spec = MlflowSpec(tracking_uri=f.get("tracking_uri", _tracking_uri, DEFAULT_TRACKING_URI),
                       enabled=f.get("enabled", _boolean, True))
     if spec.enabled and spec.tracking_uri == storage:
         raise f.error("tracking_uri", "must not be the study's storage URL: Optuna and MLflow "

@@ -48,7 +48,7 @@ def open_storage(url: str, *, must_exist: bool = False,
         _make_folder(database, url)
     # A new SQLite study is a copy of an empty one this Optuna version made: its tables and
     # schema revision are Optuna's own, so neither needs making or checking again.
-    seeded = not must_exist and seed_new_database(seedable_file(url), _EMPTY_STUDY)
+    seeded = not must_exist and seed_new_database(database, _EMPTY_STUDY)
     try:
         interval, grace = heartbeat or (None, None)
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
@@ -79,18 +79,32 @@ _EMPTY_STUDY = EmptyDatabase(f"optuna-{optuna.__version__}", "empty-study.db",
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for other databases and in-memory ones."""
+    """The database file of a SQLite URL, as SQLite opens it (a `~` in it is a folder of
+    that name: `expand_home` writes the home folder out where URLs come in); None for other
+    databases and in-memory ones."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    return Path(parsed.database).expanduser()
+    return Path(parsed.database)
 
 
-def seedable_file(url: str) -> Path | None:
-    """The file of a SQLite URL as SQLite opens it, for seeding (`sqlite_seed`); None
-    where that is not `sqlite_file`'s path: SQLite takes `~/x.db` as written, relative."""
-    database = sqlite_file(url)
-    return None if database is None or make_url(url).database.startswith("~") else database
+def expand_home(url: str) -> str:
+    """`url` with a SQLite file's leading `~` written out as the home folder.
+
+    SQLite opens `sqlite:///~/runs/s.db` as the relative path `~/runs/s.db`, under a folder
+    named `~` wherever the command ran; whoever writes `~` means their home folder, as in
+    a shell. Study files, flags and `driver.open_run` pass every URL through here. Other
+    URLs (servers, MLflow's `http://` and paths) come back unchanged.
+    """
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database.startswith("~"):
+        return url
+    return parsed.set(database=str(Path(database).expanduser())).render_as_string(
+        hide_password=False)
 
 
 def require_existing(url: str) -> None:
@@ -170,7 +184,7 @@ def tune_sqlite(engine: sqlalchemy.Engine | type[sqlalchemy.Engine]) -> None:
 
 def _make_folder(database: Path, url: str) -> None:
     try:
-        database.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"storage {mask_url(url)}: cannot create the folder "
                            f"{database.parent}: {exc.strerror}") from None

@@ -485,3 +485,25 @@ def test_help_via_module_and_console_script(tmp_path: Path) -> None:
     bad = subprocess.run([str(CONSOLE_SCRIPT), "run", "x.yaml", "--trials", "0"], cwd=tmp_path,
                          env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert bad.returncode == 2 and "must be >= 1" in bad.stderr, show(bad)
+
+
+def test_a_home_folder_in_urls_means_the_home_folder(tmp_path: Path) -> None:
+    """`~` in a SQLite URL (flag or study file) is the home folder, as in a shell, for the
+    study, its lock and MLflow alike; SQLite alone would open `./~/...` where it ran."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    write_study(work, study_dict("tilde", "sqlite:///~/runs/s.db",
+                                 mlflow={"tracking_uri": "sqlite:///~/runs/m.db"}))
+    env = {**ENV, "HOME": str(home)}
+    init = subprocess.run([sys.executable, "-m", "regsearch", "init", "study.yaml"], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert init.returncode == 0, show(init)
+    assert f"ready in sqlite:///{home}/runs/s.db" in init.stdout
+    assert [s.study_name for s in optuna.get_all_study_summaries(
+        sqlite_url(home / "runs"), include_best_trial=False)] == ["tilde"]
+    assert (home / "runs" / "m.db").is_file()
+    flagged = subprocess.run([sys.executable, "-m", "regsearch", "sync", "tilde", "--storage",
+                              "sqlite:///~/runs/s.db", "--mlflow", "sqlite:///~/runs/m.db"],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert flagged.returncode == 0, show(flagged)
+    assert not (work / "~").exists()

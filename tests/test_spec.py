@@ -806,3 +806,16 @@ def test_mlflow_must_not_share_the_storage_database(tmp_path: Path) -> None:
                       "mlflow.tracking_uri", "`alembic_version` table")
     assert_spec_error(tmp_path, with_fields({"mlflow.enabled": "yes"}),
                       "mlflow.enabled", "expected true or false")
+
+
+def test_a_home_folder_in_sqlite_urls_is_written_out(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite would open `~/runs/s.db` under a folder named `~` where the command ran."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    spec = load_mapping(tmp_path, with_fields({"storage": "sqlite:///~/runs/s.db",
+                                               "mlflow.tracking_uri": "sqlite:///~/runs/m.db"}))
+    assert spec.storage == f"sqlite:///{tmp_path}/home/runs/s.db"
+    assert spec.mlflow.tracking_uri == f"sqlite:///{tmp_path}/home/runs/m.db"
+    assert_spec_error(tmp_path, with_fields({"storage": "sqlite:///~/one.db",
+                                             "mlflow.tracking_uri": f"sqlite:///{tmp_path}/home/one.db"}),
+                      "mlflow.tracking_uri", "`alembic_version` table")

@@ -2,7 +2,8 @@
 
 The seeding itself (a damaged or unwritable cache, an existing file, two processes at once)
 is shared with MLflow's stores and tested in `test_mlflow_store.py`; these tests check that
-Optuna takes the copy as its own and that anything without one is left to Optuna.
+Optuna takes the copy as its own and that anything without one is left to Optuna, and that
+a `~` in a SQLite URL names one file for every part that opens it (`expand_home`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import optuna
 import pytest
 
 from regsearch import compile_cache
-from regsearch.storage import open_storage
+from regsearch.storage import expand_home, open_storage, sqlite_file
 
 
 @pytest.fixture
@@ -66,11 +67,11 @@ def test_a_new_study_database_is_a_copy_of_the_cached_empty_one(cache: Path,
     assert _studies(tmp_path / "b" / "s.db") == ["b"]
 
 
-def test_a_path_sqlite_takes_as_written_is_left_to_optuna(cache: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
-    """`sqlite:///~/s.db` is `./~/s.db` to SQLite: a copy at the home folder's `s.db`
-    would leave Optuna an empty file opened as if it had its tables."""
+def test_a_path_is_seeded_where_sqlite_opens_it(cache: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given as written, `sqlite:///~/s.db` is `./~/s.db` to SQLite (the entry points write
+    a home folder out first, `expand_home`): a copy at the home folder's `s.db` would leave
+    Optuna an empty file opened as if it had its tables."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "~").mkdir()  # SQLite makes no folders
@@ -98,3 +99,20 @@ def test_without_a_copy_optuna_creates_the_database(case: str, tmp_path: Path,
         (tmp_path / "file").write_text("")
         monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "file" / "cache"))
     assert _run_and_reload(tmp_path / "s.db", "made") == 3
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:////abs/s.db", "sqlite:///runs/s.db", "sqlite://", "sqlite:///:memory:",
+    "postgresql+psycopg://alice:se~cret@host/~db", "http://127.0.0.1:5000", "mlruns",
+    "file:///tmp/mlruns",
+])
+def test_urls_without_a_sqlite_home_folder_are_unchanged(url: str) -> None:
+    assert expand_home(url) == url
+
+
+def test_a_sqlite_home_folder_is_written_out(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_home("sqlite:///~/runs/s.db") == f"sqlite:///{tmp_path}/runs/s.db"
+    assert expand_home("sqlite:///~/s.db?timeout=5") == f"sqlite:///{tmp_path}/s.db?timeout=5"
+    assert sqlite_file(expand_home("sqlite:///~/s.db")) == tmp_path / "s.db"

@@ -53,7 +53,7 @@ def artifact_root(tracking_uri: str) -> str | None:
     """Artifacts of a local SQLite store go in `mlartifacts/` beside its database file."""
     if not tracking_uri.startswith("sqlite:"):
         return None
-    database = Path(make_url(tracking_uri).database or "mlflow.db").expanduser().resolve()
+    database = Path(make_url(tracking_uri).database or "mlflow.db").resolve()
     database.parent.mkdir(parents=True, exist_ok=True)
     return (database.parent / "mlartifacts").as_uri()
 

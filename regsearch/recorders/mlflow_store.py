@@ -15,14 +15,14 @@ from importlib import metadata
 from pathlib import Path
 
 from regsearch.sqlite_seed import EmptyDatabase, seed_new_database
-from regsearch.storage import seedable_file
+from regsearch.storage import sqlite_file
 
 
 def seed_new_store(tracking_uri: str) -> bool:
     """Put an empty, migrated store at a local SQLite `tracking_uri` that has none yet;
     whether it did. Anything that goes wrong leaves the store to MLflow."""
     try:
-        target = seedable_file(tracking_uri)
+        target = sqlite_file(tracking_uri)
         kind = EmptyDatabase(f"mlflow-{metadata.version('mlflow')}", "empty-store.db",
                              _create, _is_empty)
     except Exception:  # noqa: BLE001 - a URL, or an install, that is MLflow's to judge
