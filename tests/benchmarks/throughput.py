@@ -25,6 +25,11 @@ sample (2 forward, 4 backward), over the epochs the trials ran.
     .venv/bin/python tests/benchmarks/throughput.py                   # 64 trials x 20 epochs
     .venv/bin/python tests/benchmarks/throughput.py --trials 4 --epochs 2 --only regsearch,packed
     .venv/bin/python tests/benchmarks/throughput.py --out results.json
+    .venv/bin/python tests/benchmarks/throughput.py --only user-script,packed,packed-warm --repeat 5
+
+`--repeat N` runs packed-warm N times and reports the median run with the range: on a shared
+2-core machine one packed search varies by a third between runs minutes apart, its ratio to
+the user script with it.
 
 Timings mean something only on an otherwise idle machine.
 """
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
 
 CONTESTANTS = ("user-script", "keras-tuner", "regsearch", "packed", "packed-warm")
 BASELINE = "user-script"
+REPEATED = "packed-warm"  # `--repeat`: the contestant whose runs vary most against its length
 PROBE = "matmul"
 SEED = 42
 FLOPS_PER_WEIGHT_SAMPLE = 6  # 2 forward (multiply-add) + 4 backward (input and weight grads)
@@ -391,11 +397,24 @@ def machine() -> dict[str, Any]:
             "versions": versions}
 
 
+def repeated(name: str, opts: argparse.Namespace, compile_cache: Path) -> dict[str, Any]:
+    """`packed-warm` `--repeat` times (one run of the others): the median run by wall time,
+    with every run under "runs". A failed run is the result, so that it is seen."""
+    runs = [spawn(name, opts, compile_cache)
+            for _ in range(opts.repeat if name == REPEATED else 1)]
+    failed = [run for run in runs if "wall_s" not in run]
+    if len(runs) == 1 or failed:
+        return failed[0] if failed else runs[0]
+    ordered = sorted(runs, key=lambda run: run["wall_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "runs": runs}
+
+
 def derive(results: dict[str, dict[str, Any]], probe: dict[str, Any]) -> None:
     """trials/s, ratio to the user script, useful FLOP/s and share of the matmul rate."""
     base = results.get(BASELINE, {}).get("wall_s")
     peak = probe.get("best_gflops")
-    for out in results.values():
+    outs = [*results.values(), *(run for out in results.values() for run in out.get("runs", []))]
+    for out in outs:
         if "wall_s" not in out:
             continue
         out["trials_per_s"] = out["trials"] / out["wall_s"]
@@ -457,6 +476,14 @@ def render(report: dict[str, Any]) -> str:
               "contestant wall (higher is faster); train s: seconds inside the regsearch "
               "trainer's train/assign/run_epoch calls."]
     for name, out in ran.items():
+        if "runs" in out:
+            lines.append(f"{name}: median of {len(out['runs'])} runs; " + "; ".join(
+                f"{label} {_span([run.get(key) for run in out['runs']], pattern)}"
+                for label, key, pattern in (("wall s", "wall_s", "{:.1f}"),
+                                            ("x user", "speedup_vs_user_script", "{:.2f}x"),
+                                            ("% matmul in training", "pct_of_matmul_training",
+                                             "{:.1f}"))))
+    for name, out in ran.items():
         notes = []
         if "mlflow_runs" in out:
             notes.append(f"{out['mlflow_runs']} MLflow trial runs")
@@ -481,6 +508,11 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def _span(values: list[float | None], pattern: str) -> str:
+    known = sorted(v for v in values if v is not None)
+    return f"{_fmt(known[0], pattern)} to {_fmt(known[-1], pattern)}" if known else "-"
+
+
 def parent(opts: argparse.Namespace) -> int:
     chosen = opts.only or list(CONTESTANTS)
     report: dict[str, Any] = {
@@ -495,7 +527,7 @@ def parent(opts: argparse.Namespace) -> int:
         report["matmul"] = spawn(PROBE, opts, Path(cache))
         for name in chosen:
             print(f"{name} ...", file=sys.stderr, flush=True)
-            report["results"][name] = out = spawn(name, opts, Path(cache))
+            report["results"][name] = out = repeated(name, opts, Path(cache))
             if "skipped" in out:
                 print(f"{name}: {out['skipped']}", file=sys.stderr, flush=True)
             elif "wall_s" in out:
@@ -535,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="hidden Dense widths, comma-separated (default 64,64,64)")
     parser.add_argument("--only", type=_names,
                         help=f"comma-separated subset of: {', '.join(CONTESTANTS)}")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of packed-warm; the median is reported, with the range")
     parser.add_argument("--out", help="write the full results as JSON here")
     parser.add_argument("--pack-size", type=int, default=None,
                         help="packed trainer's pack size (default: regsearch's own choice)")
