@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -183,3 +185,28 @@ def test_a_refused_batch_is_written_per_run(writer: MlflowWriter) -> None:
     ended = writer.client.get_run(ids[0])
     assert ended.info.status == "FINISHED" and ended.data.tags[DONE] == "true"
     assert len(writer.client.get_metric_history(ids[0], "val_loss")) == 12
+
+
+def test_writers_batching_into_one_experiment_at_once_lose_nothing(
+        writer: MlflowWriter) -> None:
+    """Workers share a study's experiment: their batches interleave (on MariaDB a lock on a
+    latest point that does not exist yet would lock a gap and deadlock two writers)."""
+    writer.experiment("shared")  # created once, as `prepare` does before workers start
+    writers, rounds = 4, 5
+    start = threading.Barrier(writers)
+
+    def work(_: int) -> list[dict[int, str]]:
+        mine = MlflowWriter(writer.tracking_uri)
+        start.wait()
+        return [_write(mine, "shared", early_epochs=5) for _ in range(rounds)]
+
+    with ThreadPoolExecutor(writers) as pool:
+        written = [ids for done in pool.map(work, range(writers)) for ids in done]
+    assert len(written) == writers * rounds
+    for ids in written:
+        complete = _seen(writer, ids[0])
+        assert complete["status"] == "FINISHED" and complete["tags"][DONE] == "true"
+        assert complete["latest"]["val_accuracy"] == pytest.approx(0.62)
+        assert len(complete["histories"]["val_loss"]) == 12
+        assert _seen(writer, ids[1])["status"] == "KILLED"
+        assert _seen(writer, ids[2])["status"] == "FAILED"

@@ -176,7 +176,9 @@ class MlflowWriter:
 
     def log_epochs(self, run_id: str, epochs: Iterable[EpochMetrics], metric: str) -> None:
         """Epochs of a running trial, so its curves grow in the UI while it trains."""
-        self._log(run_id, metrics=_epoch_points(epochs, metric, int(time.time() * 1000)))
+        points = _epoch_points(epochs, metric, int(time.time() * 1000))
+        self._batched(lambda batch: batch.log_metrics({run_id: points}),
+                      lambda: self._log(run_id, metrics=points))
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
                     metric: str) -> tuple[str, bool]:

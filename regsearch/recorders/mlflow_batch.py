@@ -8,8 +8,10 @@ Here a batch of starts, or of ends, is one transaction (2.5 ms a trial in batche
 MLflow's own store opens it and the rows are MLflow's own models
 (`mlflow.store.tracking.dbmodels`), filled as its `create_run`, `log_batch` and
 `set_terminated` fill them; tests compare runs written both ways, read back through the
-client, on SQLite, PostgreSQL and MariaDB. Only SQL stores have this door: `for_client`
-gives None for an MLflow server, and the writer then calls the client per run.
+client, on SQLite, PostgreSQL and MariaDB. Running trials' epochs go the same way
+(`log_metrics`), and workers sharing a store lock only their own runs' rows (`_active_runs`).
+Only SQL stores have this door: `for_client` gives None for an MLflow server, and the writer
+then calls the client per run.
 """
 
 from __future__ import annotations
@@ -98,44 +100,61 @@ class BatchWriter:
         now = int(time.time() * 1000)
         ids = [end.run_id for end in ends]
         with self.store.ManagedSessionMaker(read_only=False) as session:
-            found = {run.run_uuid: run for run in self.store._get_query(session, SqlRun)
-                     .filter(SqlRun.run_uuid.in_(ids))}
+            found = self._active_runs(session, ids)
             points, tags = [], []
             for end in ends:
-                run = found.get(end.run_id)
-                if run is None or run.lifecycle_stage != LifecycleStage.ACTIVE:
-                    raise MlflowException(f"run {end.run_id} is missing or deleted")
+                run = found[end.run_id]
                 run.status, run.end_time = end.status, end.end_time or now
                 points += self._metric_rows(end.run_id, end.metrics)
                 tags += [{"run_uuid": end.run_id, "key": tag.key, "value": tag.value}
                          for tag in (_validate_tag(k, v) for k, v in end.tags.items())]
-            self._upsert(session, SqlLatestMetric, ids, _latest(points), lock=True,
-                         replaces=lambda new, old: _rank(new) > (old.step, old.timestamp,
-                                                                 old.value))
-            if points:
-                session.execute(insert(SqlMetric), points)
+            self._write_points(session, ids, points)
             self._upsert(session, SqlTag, ids, tags)
+
+    def log_metrics(self, metrics: dict[str, list[Metric]]) -> None:
+        """Points of running runs (a trial's curves while it trains), as `log_batch` logs
+        them, for many runs in one transaction."""
+        ids = list(metrics)
+        with self.store.ManagedSessionMaker(read_only=False) as session:
+            self._active_runs(session, ids)
+            self._write_points(session, ids, [row for run_id in ids
+                                              for row in self._metric_rows(run_id,
+                                                                           metrics[run_id])])
+
+    def _active_runs(self, session: Any, ids: list[str]) -> dict[str, SqlRun]:
+        """The runs, each one there and active, locked for the transaction.
+
+        The run rows are the lock, as a writer's turn at a run's latest points: they are
+        locked by primary key, which locks nothing but them. MLflow locks the latest points
+        themselves; on MySQL a locking read of those through their run index also locks the
+        gaps beside them, and two workers ending trials at once deadlocked on each other's
+        inserts (`test_writers_batching_into_one_experiment_at_once_lose_nothing`)."""
+        found = {run.run_uuid: run for run in self.store._get_query(session, SqlRun)
+                 .filter(SqlRun.run_uuid.in_(ids)).order_by(SqlRun.run_uuid)
+                 .with_for_update()}
+        for run_id in ids:
+            run = found.get(run_id)
+            if run is None or run.lifecycle_stage != LifecycleStage.ACTIVE:
+                raise MlflowException(f"run {run_id} is missing or deleted")
+        return found
+
+    def _write_points(self, session: Any, ids: list[str], points: list[dict[str, Any]]) -> None:
+        """Metric points and each key's latest point, of runs `_active_runs` holds."""
+        self._upsert(session, SqlLatestMetric, ids, _latest(points),
+                     replaces=lambda new, old: _rank(new) > (old.step, old.timestamp, old.value))
+        if points:
+            session.execute(insert(SqlMetric), points)
 
     @staticmethod
     def _upsert(session: Any, model: Any, run_ids: list[str], rows: list[dict[str, Any]], *,
-                lock: bool = False,
                 replaces: Callable[[dict[str, Any], Any], bool] = lambda new, old: True
                 ) -> None:
         """Rows keyed by (run, key): an existing row is overwritten where `replaces` says
-        so, the others are inserted. The existing rows are found in one query and, with
-        `lock`, only they are then locked (as MLflow does for latest points: locking rows
-        that are not there would lock the gaps between keys on MySQL)."""
+        so, the others are inserted; the existing rows are read in one query."""
         if not rows:
             return
-        there = session.query(model.run_uuid, model.key).filter(
-            model.run_uuid.in_(run_ids), model.key.in_({row["key"] for row in rows})).all()
-        held = {}
-        if there:
-            query = session.query(model).filter(model.run_uuid.in_(run_ids),
-                                                model.key.in_({key for _, key in there}))
-            if lock:
-                query = query.order_by(model.run_uuid, model.key).with_for_update()
-            held = {(row.run_uuid, row.key): row for row in query}
+        held = {(row.run_uuid, row.key): row for row in session.query(model).filter(
+            model.run_uuid.in_(run_ids), model.key.in_({row["key"] for row in rows}))}
         fresh = []
         for row in rows:
             old = held.get((row["run_uuid"], row["key"]))
