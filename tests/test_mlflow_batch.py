@@ -90,7 +90,7 @@ def _write(writer: MlflowWriter, study: str, *, early_epochs: int = 0) -> dict[i
     ids = writer.start_trials(experiment, parent, study, [(r.number, r.config) for r in records],
                               STARTED, {"regsearch.worker": "host:1"})
     if early_epochs:
-        writer.log_epochs(ids[0], records[0].epochs[:early_epochs], "accuracy")
+        writer.log_epochs({ids[0]: records[0].epochs[:early_epochs]}, "accuracy")
         records[0] = replace(records[0], epochs=records[0].epochs[early_epochs:])
     writer.finish_trials(list(zip(ids, records)), "accuracy")
     return {record.number: run_id for record, run_id in zip(records, ids)}

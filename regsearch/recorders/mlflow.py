@@ -174,11 +174,15 @@ class MlflowWriter:
             self.batch = None
         return per_run()
 
-    def log_epochs(self, run_id: str, epochs: Iterable[EpochMetrics], metric: str) -> None:
-        """Epochs of a running trial, so its curves grow in the UI while it trains."""
-        points = _epoch_points(epochs, metric, int(time.time() * 1000))
-        self._batched(lambda batch: batch.log_metrics({run_id: points}),
-                      lambda: self._log(run_id, metrics=points))
+    def log_epochs(self, epochs: dict[str, Iterable[EpochMetrics]], metric: str) -> None:
+        """Running trials' epochs by run id, so their curves grow in the UI while they
+        train: one transaction for all where the store allows it."""
+        sent = int(time.time() * 1000)
+        points = {run_id: _epoch_points(run_epochs, metric, sent)
+                  for run_id, run_epochs in epochs.items()}
+        self._batched(lambda batch: batch.log_metrics(points),
+                      lambda: [self._log(run_id, metrics=run_points)
+                               for run_id, run_points in points.items()])
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
                     metric: str) -> tuple[str, bool]:

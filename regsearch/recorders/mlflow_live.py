@@ -112,8 +112,8 @@ class MlflowRecorder:
         self._submit(lambda: self._send_epochs(batch))
 
     def _send_epochs(self, batch: dict[int, list[EpochMetrics]]) -> None:
-        for number, epochs in batch.items():
-            self.writer.log_epochs(self.run_ids[number], epochs, self.metric)
+        self.writer.log_epochs({self.run_ids[number]: epochs for number, epochs in batch.items()},
+                               self.metric)
 
     def trials_ended(self, ended: list[tuple[int, RegConfig, Any]]) -> None:
         records = []
