@@ -167,17 +167,26 @@ def _with_a_deleted_run(writer: MlflowWriter, study: str) -> tuple[list[str], li
 
 
 def test_a_batch_the_store_refuses_writes_nothing(writer: MlflowWriter,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
     ids, records = _with_a_deleted_run(writer, "refused")
     monkeypatch.setattr(writer, "_finish_run", lambda end: None)  # no per-run writes after
     writer.finish_trials(list(zip(ids, records)), "accuracy")
     untouched = writer.client.get_run(ids[0])
     assert untouched.info.status == "RUNNING" and DONE not in untouched.data.tags
     assert untouched.data.metrics == {}
-    assert writer.batch is None  # later batches go per run
+    # Per-run writes took what the batch did not: later batches go per run, and say so once.
+    assert writer.batch is None
+    warning = capsys.readouterr().err
+    assert warning.count("regsearch: warning: MLflow at") == 1
+    assert "refused batched writes" in warning and ids[1] in warning
+    assert "writing run by run from now on" in warning
+    writer.finish_trials(list(zip(ids, records)), "accuracy")
+    assert capsys.readouterr().err == ""
 
 
-def test_a_refused_batch_is_written_per_run(writer: MlflowWriter) -> None:
+def test_a_refused_batch_is_written_per_run(writer: MlflowWriter,
+                                           capsys: pytest.CaptureFixture) -> None:
     """The per-run calls end the trial whose run is there and report the deleted one."""
     ids, records = _with_a_deleted_run(writer, "per-run")
     with pytest.raises(Exception, match=ids[1]):
@@ -185,6 +194,8 @@ def test_a_refused_batch_is_written_per_run(writer: MlflowWriter) -> None:
     ended = writer.client.get_run(ids[0])
     assert ended.info.status == "FINISHED" and ended.data.tags[DONE] == "true"
     assert len(writer.client.get_metric_history(ids[0], "val_loss")) == 12
+    # The data was at fault (the per-run writes failed too), not the batch: it stays on.
+    assert writer.batch is not None and "warning" not in capsys.readouterr().err
 
 
 def test_writers_batching_into_one_experiment_at_once_lose_nothing(

@@ -10,6 +10,7 @@ transaction (`mlflow_batch`), on an MLflow server a few calls per run.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import datetime
 from functools import cached_property
@@ -160,10 +161,13 @@ class MlflowWriter:
     def _batched(self, batched: Callable[[BatchWriter], T], per_run: Callable[[], T]) -> T:
         """One transaction for the whole batch where the store allows it, else a call per
         run. A batch the store refuses (its transaction rolled back: nothing written) is
-        written again per run, and later batches go per run too: a store MLflow's client
-        can write but `BatchWriter` cannot (another MLflow version's tables) is slower,
-        never wrong. A lost connection is raised instead: its commit may have landed, and
-        starting the runs again would leave copies RUNNING for ever."""
+        written again per run. If that works, the store is one MLflow's client can write
+        and `BatchWriter` cannot (another MLflow version's tables): later batches go per
+        run, slower, never wrong, and a warning says so once. If it fails too, the data
+        was at fault (a run deleted meanwhile), not the batch: batching stays on. A lost
+        connection is raised at once: its commit may have landed, and starting the runs
+        again would leave copies RUNNING for ever."""
+        refused = None
         try:
             batch = self.batch
             if batch is not None:
@@ -171,8 +175,14 @@ class MlflowWriter:
         except Exception as exc:  # noqa: BLE001 - the per-run calls meet any real fault
             if isinstance(exc, DATABASE_ERRORS) or isinstance(exc.__cause__, DATABASE_ERRORS):
                 raise
+            refused = exc
+        written = per_run()
+        if refused is not None:
             self.batch = None
-        return per_run()
+            print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} refused "
+                  f"batched writes ({problem_line(refused)}); writing run by run from now on "
+                  "(slower, nothing lost)", file=sys.stderr, flush=True)
+        return written
 
     def log_epochs(self, epochs: dict[str, Iterable[EpochMetrics]], metric: str) -> None:
         """Running trials' epochs by run id, so their curves grow in the UI while they
