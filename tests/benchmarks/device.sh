@@ -47,6 +47,8 @@ for name in sys.argv[1:]:
         sys.exit(f"device.sh: {name} is not installed in .venv")
 EOF
   )
+  # A name missing from .venv ends the script above; process substitution hides its exit code.
+  [[ ${#pins[@]} -eq ${#NEEDED[@]} ]] || exit 2
   rm -rf .whl && mkdir .whl
   python3 -m pip download -q --no-deps --only-binary=:all: \
     --python-version "${DEVICE_PYTHON:-3.12}" --implementation cp \
