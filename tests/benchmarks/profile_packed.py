@@ -47,7 +47,7 @@ def _options(args: argparse.Namespace, epochs: int) -> argparse.Namespace:
                               trials=64, pack_size=args.pack_size)
 
 
-def _full_pack(args: argparse.Namespace) -> tuple[Any, float]:
+def _full_pack(args: argparse.Namespace) -> tuple[Any, int]:
     """A trainer with every slot filled (all four regularizer types, dropout 0.2), and the
     useful FLOPs of one of its epochs (the throughput benchmark's count)."""
     from regsearch.space import RegConfig
@@ -62,7 +62,8 @@ def _full_pack(args: argparse.Namespace) -> tuple[Any, float]:
         kind = ("none", "l1", "l2", "l1_l2")[k % 4]
         trainer.assign(RegConfig(kind, l1=1e-4, l2=1e-4, dropout=0.2), seed=k,
                        prune=lambda _metrics: False)
-    return trainer, throughput.dense_weights(spec, data) * len(data.x_train) * 6 * size
+    return trainer, (throughput.dense_weights(spec, data) * len(data.x_train)
+                     * throughput.FLOPS_PER_WEIGHT_SAMPLE * size)
 
 
 def steady(args: argparse.Namespace) -> None:
@@ -203,9 +204,10 @@ def kernels(args: argparse.Namespace) -> None:
             weights = step(x, weights, np.matmul, np_transpose)
 
     tf_kernels = [tf.constant(k) for k in kernels0]
-    # The benchmark's count (6 FLOPs a weight a sample) includes the first layer's input
+    # The benchmark's count (FLOPs a weight a sample) includes the first layer's input
     # gradient, which a step does not compute; the rates below are in that count.
-    work = throughput.dense_weights(spec, data) * batch * members * 6 * steps
+    work = (throughput.dense_weights(spec, data) * batch * members
+            * throughput.FLOPS_PER_WEIGHT_SAMPLE * steps)
     rates = {name: work / _best_of(call) / 1e9 for name, call in (
         ("XLA", lambda: [k.numpy() for k in compiled(tf_kernels)]), ("NumPy", numpy_steps))}
     peak = throughput.run_matmul_probe(args, Path("."))["best_gflops"]
