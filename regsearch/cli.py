@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from regsearch.errors import RegsearchError
 from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_BUG = 2, 130, 143, 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool cut off by it
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -26,14 +27,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _where(args: argparse.Namespace) -> dict[str, str | None]:
     """Storage and MLflow URIs: the flags, else REGSEARCH_STORAGE / REGSEARCH_MLFLOW (how
-    containers and the launcher pass URLs holding passwords), else the study file."""
+    containers and the launcher pass URLs holding passwords), else the study file; each
+    checked as the study file's field is."""
     import os
 
-    from regsearch.storage import expand_home
+    from regsearch.errors import SpecError
+    from regsearch.spec import check_field
 
-    where = {"storage": args.storage or os.environ.get("REGSEARCH_STORAGE") or None,
-             "mlflow": args.mlflow or os.environ.get("REGSEARCH_MLFLOW") or None}
-    return {key: url and expand_home(url) for key, url in where.items()}
+    where: dict[str, str | None] = {}
+    for key, field, variable in (("storage", "storage", "REGSEARCH_STORAGE"),
+                                 ("mlflow", "mlflow.tracking_uri", "REGSEARCH_MLFLOW")):
+        flag = getattr(args, key)
+        value = flag or os.environ.get(variable) or None
+        try:
+            where[key] = value and check_field(field, value)
+        except ValueError as bad:
+            raise SpecError(f"--{key}" if flag else variable, "", str(bad)) from None
+    return where
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -54,12 +64,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         driver.run_study(run, make_trainer(run), [progress])
     except KeyboardInterrupt:
         progress.close()
-        print(f"regsearch: interrupted; {run.done} of {run.budget} trials are recorded and the "
-              "running trial was marked failed; run the same command to continue",
+        running = ("the running trial was" if run.interrupted == 1 else
+                   f"the {run.interrupted} running trials were")
+        print(f"regsearch: interrupted; {run.done} of {run.budget} trials are recorded and "
+              f"{running} marked failed (not counted); run the same command to continue",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     progress.close()
-    print(report.render(report.summarize(run.study), "table"))
+    summary = report.summarize(run.study)
+    print(report.render(summary, "table"))
+    report.raise_if_all_diverged(run.study, spec)
     return 0
 
 
@@ -112,12 +126,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from regsearch.recorders.mlflow import sync_study
+    from regsearch.repair import reconcile
 
     where = _where(args)
-    written, kept = sync_study(args.name, where["storage"] or DEFAULT_STORAGE,
-                               where["mlflow"] or DEFAULT_TRACKING_URI)
-    print(f"synced {args.name}: {written} trial runs written to MLflow, {kept} already there")
+    mended, written, kept = reconcile(args.name, where["storage"] or DEFAULT_STORAGE,
+                                      where["mlflow"] or DEFAULT_TRACKING_URI)
+    print(f"synced {args.name}: {written} trial runs written to MLflow, {kept} already "
+          f"there; {mended} ledger rows mended from Optuna")
     return 0
 
 
@@ -157,20 +172,43 @@ def _cmd_best(args: argparse.Namespace) -> int:
 FORMATS = ("table", "json", "yaml")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("regsearch").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USER_ERROR, f"regsearch: error: {where}{message}; see "
+                                   f"`{self.prog} --help`\n")
+
+
+def _field(path: str) -> Callable[[str], Any]:
+    """An argparse type checking a flag as the study-file field `path` is checked."""
+    from regsearch.spec import check_field
+
+    def convert(text: str) -> Any:
+        try:
+            return check_field(path, text)
+        except ValueError as bad:
+            raise argparse.ArgumentTypeError(str(bad)) from None
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regsearch",
-                                     description="Search Keras regularization with Optuna.")
+    parser = _Parser(prog="regsearch", description="Search Keras regularization with Optuna.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     # Accepted after the subcommand too; SUPPRESS keeps it from resetting one given before.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common], help="run (or continue) a study")
     run.add_argument("study", help="study file, e.g. studies/digits-quick.yaml")
-    run.add_argument("--trials", type=_positive_int, help="total trial budget of the study")
-    run.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    run.add_argument("--trials", type=_field("search.n_trials"),
+                     help="total trial budget of the study")
+    run.add_argument("--timeout", type=_field("search.timeout"),
+                     help="stop starting trials after S seconds")
     run.add_argument("--storage", help="SQLAlchemy URL (overrides the study file)")
     run.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (overrides the study file)")
     run.add_argument("--workers", type=_positive_int,
@@ -178,19 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus", metavar="all|0,2,3", help="one worker per GPU")
     run.set_defaults(handler=_cmd_run)
 
-    where = argparse.ArgumentParser(add_help=False)
+    where = _Parser(add_help=False)
     where.add_argument("study", help="study file")
     where.add_argument("--storage", help="SQLAlchemy URL (default: $REGSEARCH_STORAGE, "
                                          "else the study file's)")
     where.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default: "
                                                       "$REGSEARCH_MLFLOW, else the study file's)")
-    where.add_argument("--trials", type=_positive_int, help="total trial budget of the study")
+    where.add_argument("--trials", type=_field("search.n_trials"),
+                       help="total trial budget of the study")
     init = commands.add_parser("init", parents=[common, where],
                                help="create the study, its tables and MLflow experiment; once")
     init.set_defaults(handler=_cmd_init)
     worker = commands.add_parser("worker", parents=[common, where],
                                  help="join an existing study and train until its budget is spent")
-    worker.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    worker.add_argument("--timeout", type=_field("search.timeout"),
+                        help="stop starting trials after S seconds")
     worker.add_argument("--claim-gpu", metavar="DIR",
                         help="take one GPU no other worker of this host holds, through lock "
                              "files in DIR (a directory the workers share)")
@@ -227,17 +267,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
+def _show_warnings() -> None:
+    """What the package logs as a warning reaches the terminal as one line of its own."""
+    import logging
+
+    logger = logging.getLogger("regsearch")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("regsearch: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`regsearch best x | head`): stop quietly, as Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except RegsearchError as exc:
         if args.debug:
             raise

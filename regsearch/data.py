@@ -9,6 +9,7 @@ always before a study is created. Keras and TensorFlow are never imported here: 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import zipfile
@@ -23,6 +24,8 @@ from regsearch.errors import DataError
 from regsearch.spec import BUILTIN_DATASETS, TASKS, DataSpec, SyntheticSpec
 
 MAX_CLASSES_INFERRED = 50
+MIN_SPLIT_ROWS = 30  # fewer rows in a split than this: warn that its scores are mostly noise
+log = logging.getLogger("regsearch")
 FILE_TYPES = (".csv", ".parquet", ".pq", ".npz")
 _BUILTIN_TASKS = {"digits": "multiclass", "breast_cancer": "binary", "wine": "multiclass",
                   "iris": "multiclass", "diabetes": "regression"}
@@ -183,12 +186,25 @@ def _frame_table(frame: pd.DataFrame, path: Path, target: str | None) -> _Table:
         raise _error(path, "no target column given", f"set data.target to one of: "
                      f"{_preview(columns)}")
     if target not in columns:
+        separator = _other_separator(columns)
+        if separator:
+            raise _error(path, f"target column {target!r} not found; the file has one column, "
+                         f"{columns[0]!r}, so its values look separated by {separator!r}, not "
+                         "commas", "save it comma-separated, e.g. pandas.read_csv(path, "
+                         f"sep={separator!r}).to_csv(path, index=False)")
         raise _error(path, f"target column {target!r} not found",
                      f"set data.target to one of the columns: {_preview(columns)}")
     where = columns.index(target)
     features = frame.drop(columns=frame.columns[where])
     features.columns = [str(c) for c in features.columns]
     return _Table(features, frame.iloc[:, where], str(path), target)
+
+
+def _other_separator(columns: list[str]) -> str | None:
+    """The separator a one-column CSV's header suggests (`;`, tab, `|`), if any."""
+    if len(columns) != 1:
+        return None
+    return next((sep for sep in (";", "\t", "|") if sep in columns[0]), None)
 
 
 def _npz_table(path: Path, target: str) -> _Table:
@@ -362,6 +378,12 @@ def _split_sizes(n: int, spec: DataSpec, origin: str) -> tuple[int, int, int]:
                      f" and test_fraction={spec.test_fraction:g} leave {max(n_train, 0)} "
                      "training rows (at least 2 are needed, and 1 for validation)",
                      "add rows or lower the fractions")
+    small = [n for n in (n_train, n_val, n_test or MIN_SPLIT_ROWS) if n < MIN_SPLIT_ROWS]
+    if small:
+        log.warning("%s: small splits (train %d / validation %d / test %d rows): one "
+                    "validation row moves the score by %.1f points, so trials barely differ "
+                    "from noise; add rows or raise validation_fraction", origin, n_train,
+                    n_val, n_test, 100 / n_val)
     return n_train, n_val, n_test
 
 

@@ -9,39 +9,41 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-import threading
 import time
+import uuid
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from regsearch import interrupts, space
+from regsearch import faults, interrupts, space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import SpecError, StorageError, StudyMismatchError
+from regsearch.liveness import (ABANDONED, DIED, INTERRUPTED, STOPPED, UNCOUNTED, Heartbeat,
+                                config_of, count_done, fail_abandoned, reap_dead, requeue)
 from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
-from regsearch.storage import (DATABASE_ERRORS, expand_home, first_line, hold_sqlite, is_sqlite,
-                               mask_url, open_storage)
-from regsearch.study_io import PackStorage, unbeaten_trial_ids, write_details
-from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, PruneCheck,
-                                     TrialOutcome)
+from regsearch.storage import (DATABASE_ERRORS, check_storage_url, check_tracking_uri,
+                               expand_home, first_line, has_study_tables, hold_sqlite,
+                               is_sqlite, mask_url,
+                               open_storage, same_database, sqlite_file)
+from regsearch.study_io import PackStorage
+from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, TrialOutcome)
 
 if TYPE_CHECKING:
     from regsearch.recorders.mlflow_process import WriterProcess
 
+__all__ = ["ABANDONED", "DIED", "INTERRUPTED", "STOPPED", "UNCOUNTED", "config_of",
+           "count_done", "fail_abandoned", "reap_dead", "requeue"]
+
 SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
-INTERRUPTED = "interrupted by the user"
-STOPPED = "its worker was stopped (SIGTERM); re-queued"
-ABANDONED = "its process ended while the trial was running"
-DIED = "its worker stopped sending heartbeats (killed or lost)"
-UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
+UID_ATTR = "regsearch_uid"
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -80,8 +82,14 @@ class StudyRun:
     storage_url: str
     ledger: Ledger
     recorders: list[Listener] = field(default_factory=list)
+    #: the study's own random id: an MLflow experiment of the same name must carry it
+    uid: str = ""
+    #: where MLflow records the study; None when it is off
+    tracking_uri: str | None = None
     #: trial id -> when (`time.monotonic`) this process first saw it running, never beaten
     unbeaten_since: dict[int, float] = field(default_factory=dict)
+    #: how many running trials the last Ctrl-C or SIGTERM failed
+    interrupted: int = 0
 
     @property
     def shared(self) -> bool:
@@ -109,12 +117,6 @@ class StudyRun:
         return PackStorage(self.study)
 
 
-def count_done(trials: Iterable[FrozenTrial]) -> int:
-    """Trials that spent budget: finished ones, but not interrupted or abandoned ones."""
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in trials if t.state in finished and not t.user_attrs.get(UNCOUNTED))
-
-
 def trial_seed(study_seed: int, number: int) -> int:
     """A per-trial seed for weights, shuffling and dropout, fixed by the study seed."""
     return (study_seed * 1_000_003 + number) % (2**31 - 1)
@@ -123,58 +125,112 @@ def trial_seed(study_seed: int, number: int) -> int:
 def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
              storage: str | None = None, mlflow: str | None = None,
              join: bool = False) -> StudyRun:
-    """Validate data, then create or reopen the study and its records.
+    """Check data, URLs and the study's identity, then create or reopen the study and its
+    records.
 
-    Nothing is written before the data passes. The ledger shares the study's database;
-    MLflow (unless disabled) gets its own, and its writer process starts as soon as the data
-    passes (if the study then fails to open, the writer ends once its store is open). With
-    `join` (a worker) the study must exist already: one process (`regsearch init` or `run`)
-    creates it, so workers never race.
+    Nothing is written before every check has passed: the data, the storage URL and its
+    driver, the MLflow URI (never the storage's own database), the study's spec against a
+    study of the same name, and the MLflow experiment of that name (it must be this
+    study's). The ledger shares the study's database and is mended from Optuna here (a
+    process killed between the two writes); MLflow (unless disabled) gets its own, and its
+    writer process starts once the checks pass. With `join` (a worker) the study must
+    exist already: one process (`regsearch init` or `run`) creates it, so workers never race.
     """
     data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
     objective = resolve_objective(spec, data.task)
     url = expand_home(storage or spec.storage)
     tracking_uri = mlflow or (spec.mlflow.tracking_uri if spec.mlflow.enabled else None)
     tracking_uri = tracking_uri and expand_home(tracking_uri)
+    check_urls(url, tracking_uri)
+    previous = _existing_study(spec, url, join)
+    uid = (previous or {}).get(UID_ATTR) or uuid.uuid4().hex[:16]
     writer = None
-    if tracking_uri:  # MLflow's import (seconds) runs while the study opens
+    if tracking_uri:
+        from regsearch.recorders.mlflow_identity import check_owner, experiment_tags
+
+        check_owner(tracking_uri, spec.name, uid, experiment_tags(tracking_uri, spec.name))
         from regsearch.recorders.mlflow_process import WriterProcess
 
-        writer = WriterProcess(tracking_uri)
+        writer = WriterProcess(tracking_uri)  # MLflow's import (seconds) runs meanwhile
     try:
-        return _open_records(spec, data, objective, url, n_trials,
-                             timeout, join, tracking_uri, writer)
+        return _open_records(spec, data, objective, url, n_trials, timeout, uid,
+                             tracking_uri, writer)
     except BaseException:
         if writer is not None:
             writer.abandon()
         raise
 
 
+def check_urls(url: str, tracking_uri: str | None) -> None:
+    """The storage URL and MLflow URI can be used, and name two different databases."""
+    check_storage_url(url)
+    if not tracking_uri:
+        return
+    check_tracking_uri(tracking_uri, "mlflow")
+    if same_database(url, tracking_uri):
+        raise StorageError(
+            f"mlflow {mask_url(tracking_uri)} is the study's own database (storage "
+            f"{mask_url(url)}): Optuna and MLflow both keep an `alembic_version` table; give "
+            "MLflow a database of its own, e.g. sqlite:///runs/mlflow.db")
+
+
+def _existing_study(spec: StudySpec, url: str, join: bool) -> dict[str, Any] | None:
+    """The user attrs of the study of this name, None if there is none; read without
+    creating anything. A study of another spec is refused here."""
+    database = sqlite_file(url)
+    found = None
+    if database.is_file() if database is not None else has_study_tables(url):
+        storage = open_storage(url, must_exist=True)
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        found = next((s for s in summaries if s.study_name == spec.name), None)
+        storage.engine.dispose()
+    if found is None:
+        if join:
+            raise StudyMismatchError(
+                f"{spec.source}: study {spec.name!r} does not exist in {mask_url(url)}; "
+                "create it first with `regsearch init` (or `regsearch run`) on this study "
+                "file and storage")
+        return None
+    _check_same_spec(spec, found.user_attrs)
+    return found.user_attrs
+
+
 def _open_records(spec: StudySpec, data: Dataset, objective: Objective, url: str,
-                  n_trials: int | None, timeout: float | None, join: bool,
+                  n_trials: int | None, timeout: float | None, uid: str,
                   tracking_uri: str | None, writer: WriterProcess | None) -> StudyRun:
     heartbeat = None if is_sqlite(url) else (spec.workers.heartbeat_interval,
                                              spec.workers.grace_period)
     rdb = open_storage(url, heartbeat=heartbeat)
-    grid = space.grid(spec.space, spec.search.grid_size) if spec.search.sampler == "grid" else []
-    if join:
-        _require_study(spec, rdb, url)
-    study = _open_study(spec, objective, rdb, grid, shared=not is_sqlite(url))
+    study = _open_study(spec, objective, rdb, uid, shared=not is_sqlite(url))
     ledger = Ledger(url)
     ledger.open_study(name=spec.name, spec_hash=spec.spec_hash, spec=spec.to_dict(),
                       description=data.description, metric=objective.metric,
                       direction=objective.direction)
+    points = (space.grid_count(spec.space, spec.search.grid_size)
+              if spec.search.sampler == "grid" else 0)
     run = StudyRun(spec, study, data, objective,
-                   n_trials if n_trials is not None else spec.search.budget(len(grid)),
-                   timeout if timeout is not None else spec.search.timeout, url, ledger)
-    if not is_sqlite(url):
-        rdb.heartbeat_stale_trial_callback = lambda _study, trial: _died(run, trial)
+                   n_trials if n_trials is not None else spec.search.budget(points),
+                   timeout if timeout is not None else spec.search.timeout, url, ledger,
+                   uid=study.user_attrs.get(UID_ATTR, uid), tracking_uri=tracking_uri)
+    mend_ledger(run)
     run.recorders = [LedgerRecorder(ledger)]
     if tracking_uri:
         from regsearch.recorders.mlflow_live import MlflowRecorder
 
         run.recorders.append(MlflowRecorder(tracking_uri, ledger, writer=writer))
     return run
+
+
+def mend_ledger(run: StudyRun) -> int:
+    """Write Optuna's finished trials into ledger rows that disagree with them; how many.
+
+    Optuna is told first and the ledger next, so a process killed in between leaves a
+    row `running` (or none) for a finished trial; running trials are left alone (their
+    process may be alive)."""
+    from regsearch.repair import optuna_records
+
+    trials = run.study._storage.get_all_trials(run.study._study_id, deepcopy=False)
+    return run.ledger.mend(run.spec.name, optuna_records(run.spec.name, trials))
 
 
 def prepare(run: StudyRun) -> None:
@@ -184,83 +240,6 @@ def prepare(run: StudyRun) -> None:
         recorder.study_opened(run)
     for recorder in run.recorders:
         getattr(recorder, "close", lambda: None)()
-
-
-def _require_study(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str) -> None:
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage,
-                                                                  include_best_trial=False)}
-    if spec.name not in names:
-        raise StudyMismatchError(
-            f"{spec.source}: study {spec.name!r} does not exist in {mask_url(url)}; create it "
-            "first with `regsearch init` (or `regsearch run`) on this study file and storage")
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
-    """Queue a copy of `trial` with the same parameters, unless retried `max_retries` times.
-
-    The copy is asked before any new trial; `retry_history` is Optuna's own convention
-    (`RetryFailedTrialCallback`), so its helpers read it.
-    """
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > max_retries:
-        return False
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={"failed_trial": trial.number, "retry_history": history}))
-    return True
-
-
-def _died(run: StudyRun, trial: FrozenTrial) -> None:
-    """A trial whose worker went silent (Optuna failed it): re-queue it, close its records."""
-    again = requeue(run.study, trial, run.spec.workers.max_retries)
-    reason = DIED + ("; re-queued" if again else "; retried too often, not re-queued")
-    write_details(run.study._storage, {trial._trial_id: (
-        {"fail_reason": reason, **({UNCOUNTED: True} if again else {})}, {})}, finished=True)
-    run.ledger.fail_running(run.spec.name, {trial.number: config_of(trial)}, reason)
-    for recorder in run.recorders:
-        getattr(recorder, "trials_killed", lambda _n: None)([trial.number])
-
-
-def reap_dead(run: StudyRun) -> None:
-    """Fail (and re-queue) trials of workers whose heartbeats stopped, or that died before
-    their first beat; any process may."""
-    if not run.shared:
-        return
-    optuna.storages.fail_stale_trials(run.study)
-    storage = run.study._storage
-    # A never-beaten trial is timed from when this process first saw it so, by its own
-    # clock: the trial's start time is the creating machine's local time (Optuna's), and
-    # machines' clocks and time zones differ.
-    now = time.monotonic()
-    run.unbeaten_since = {trial_id: run.unbeaten_since.get(trial_id, now) for trial_id
-                          in unbeaten_trial_ids(storage, run.study._study_id)}
-    for trial_id, since in run.unbeaten_since.items():
-        if now - since < run.spec.workers.grace_period:
-            continue
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                _died(run, storage.get_trial(trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another process failed it first
-
-
-def fail_abandoned(run: StudyRun) -> None:
-    """Fail every trial still running, in Optuna and the ledger; they are re-run.
-
-    Only for a process that holds the SQLite study alone: whatever runs there was left by
-    a process that died."""
-    trials = run.running_trials()
-    write_details(run.study._storage, {trial._trial_id: (
-        {"fail_reason": ABANDONED, UNCOUNTED: True}, {}) for trial in trials})
-    for trial in trials:
-        run.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    abandoned = {trial.number: config_of(trial) for trial in trials}
-    run.ledger.fail_running(run.spec.name, abandoned, ABANDONED)
-
-
-def config_of(trial: FrozenTrial) -> RegConfig:
-    """What a trial was given; one cut off before its regularizer was chosen says `unset`."""
-    return space.from_params({"regularizer": "unset", **trial.params})
 
 
 def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *,
@@ -279,8 +258,6 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
     Returns True when it stopped after `max_trials` of its own (the worker recycles).
     """
     with hold_sqlite(run.storage_url):
-        if not run.shared:  # this process holds the SQLite study: what still runs was abandoned
-            fail_abandoned(run)
         return _run_study(run, trainer, listeners, max_trials)
 
 
@@ -289,6 +266,8 @@ def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     listeners = [*run.recorders, *listeners]
     for listener in listeners:
         listener.study_opened(run)
+    if not run.shared:  # this process holds the SQLite study: what still runs was abandoned
+        fail_abandoned(run)
     deadline = time.monotonic() + run.timeout if run.timeout else float("inf")
     loop = _run_packed if hasattr(trainer, "run_epoch") else _run_one_by_one
     heartbeat = Heartbeat(run) if run.shared else None
@@ -326,47 +305,6 @@ def _long_lived_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-class Heartbeat:
-    """Beats for this process's running trials from a thread of its own.
-
-    A thread keeps beating while the main thread is busy training (TensorFlow releases
-    the GIL), so only a dead, frozen or disconnected process goes silent.
-    """
-
-    def __init__(self, run: StudyRun) -> None:
-        self.storage = run.study._storage
-        self.interval = run.spec.workers.heartbeat_interval
-        self.trial_ids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="regsearch-heartbeat",
-                                        daemon=True)
-        self._thread.start()
-
-    def add(self, trial_id: int) -> None:
-        with self._lock:
-            self.trial_ids.add(trial_id)
-        self.storage.record_heartbeat(trial_id)
-
-    def remove(self, trial_id: int) -> None:
-        with self._lock:
-            self.trial_ids.discard(trial_id)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                ids = sorted(self.trial_ids)
-            for trial_id in ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - the main thread reports a lost database
-                    break
 
 
 def _run_one_by_one(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
@@ -411,7 +349,11 @@ def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
                     active[slot] = running
                     started += 1
             if not active:
-                return started >= max_trials
+                if started >= max_trials:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                continue  # others' trials run: `_ask` waited; one may die and come back
             finished = trainer.run_epoch()
             if finished:
                 _tell(run, [(active.pop(slot), outcome) for slot, outcome in finished.items()],
@@ -426,20 +368,26 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
     """Up to `wanted` new trials within the budget; None when the budget is spent.
 
     The budget check and the asks hold the study's lock row, so processes sharing the
-    study never overshoot it. An idle process whose study still has others' trials running
-    waits for them (one may die and come back to the queue): an empty list.
+    study never overshoot it; so does reaping, so that a dead worker's trial is failed and
+    its copy queued before anyone counts the budget again (between the two, another
+    process would take its place). An idle process whose study still has others' trials
+    running waits for them (one may die and come back to the queue): an empty list.
     """
-    reap_dead(run)
     pruning = not isinstance(run.study.pruner, optuna.pruners.NopPruner)
     asked: list[_Running] = []
     try:
-        with run.ledger.budget_lock(run.spec.name), run.pack.asking():
-            done, room = run.room()
-            for _ in range(min(room, wanted)):
-                asked.append(_Running(run.study.ask(), None, listeners, pruning))
-                if heartbeat is not None:
-                    heartbeat.add(asked[-1].trial._trial_id)
-                asked[-1].config = space.suggest(asked[-1].trial, run.spec.space)
+        with run.ledger.budget_lock(run.spec.name):
+            reap_dead(run)
+            with run.pack.asking():
+                done, room = run.room()
+                if run.spec.search.sampler == "grid":
+                    _enqueue_grid(run, min(room, wanted))
+                for _ in range(min(room, wanted)):
+                    asked.append(_Running(run.study.ask(), None, listeners, pruning))
+                    faults.point("ask")
+                    if heartbeat is not None:
+                        heartbeat.add(asked[-1].trial._trial_id)
+                    asked[-1].config = space.suggest(asked[-1].trial, run.spec.space)
         if asked:
             started = [(running.trial.number, running.config) for running in asked]
             for listener in listeners:
@@ -456,6 +404,30 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
         _wait(run)
         return []
     return None if idle else []
+
+
+def _enqueue_grid(run: StudyRun, wanted: int) -> None:
+    """Queue the next grid points this batch needs: those no trial holds (waiting,
+    running, or finished and counted). Points are made as needed, so a grid of any size
+    starts at once, and a study interrupted half-way finishes its grid when resumed."""
+    trials = run.study.get_trials(deepcopy=False)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    need = wanted - waiting
+    if need <= 0:
+        return
+    held = {_point(t.params or t.system_attrs.get("fixed_params", {})) for t in trials
+            if t.state in (TrialState.WAITING, TrialState.RUNNING) or
+            (t.state.is_finished() and not t.user_attrs.get(UNCOUNTED))}
+    for config in space.iter_grid(run.spec.space, run.spec.search.grid_size):
+        if need == 0:
+            return
+        if _point(config.params()) not in held:
+            run.study.enqueue_trial(config.params())
+            need -= 1
+
+
+def _point(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
 
 
 def _wait(run: StudyRun) -> None:
@@ -482,6 +454,7 @@ class _Running:
         Optuna writes each report in a transaction of its own; without a pruner nothing
         reads them before the trial ends, so they are written then, in one.
         """
+        faults.point("epoch")
         for listener in self.listeners:
             listener.epoch_ended(self.trial.number, metrics)
         if not self.pruning:
@@ -502,11 +475,15 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
     stopped = isinstance(exc, interrupts.Stopped)
     reason = STOPPED if stopped else INTERRUPTED if interrupted else f"error: {exc!r}"
     try:
-        told = _tell(run, [(trial, TrialOutcome(state=FAILED, reason=reason)) for trial in running],
-                     listeners, heartbeat, uncounted=interrupted)
-        for trial in (t for t in told if stopped and t.config is not None):
-            requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id),
-                    run.spec.workers.max_retries)
+        # A stopped worker's trials are failed and re-queued under the budget lock, so no
+        # other worker takes their place in the budget between the two.
+        with run.ledger.budget_lock(run.spec.name) if stopped else nullcontext():
+            told = _tell(run, [(trial, TrialOutcome(state=FAILED, reason=reason))
+                               for trial in running], listeners, heartbeat,
+                         uncounted=interrupted)
+            run.interrupted = len(told) if interrupted else 0
+            for trial in (t for t in told if stopped and t.config is not None):
+                requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id))
     except DATABASE_ERRORS:
         # The database is gone: the trials stay RUNNING there, and the next process to
         # open the study fails them (SQLite) or their missing heartbeats do (servers).
@@ -545,6 +522,7 @@ def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
                   "another worker (no heartbeat within workers.grace_period; raise it if "
                   "workers are this busy); its re-queued copy runs instead", file=sys.stderr,
                   flush=True)
+    faults.point("tell")
     ended = [(running.trial.number, running.config, outcome) for running, outcome in told
              if running.config is not None]
     if ended:
@@ -598,13 +576,13 @@ def _make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.BaseStorage,
-                grid: list[RegConfig], *, shared: bool = False) -> optuna.Study:
-    """Reopen a study only if it was made from the same spec; never mix results silently."""
+                uid: str, *, shared: bool = False) -> optuna.Study:
+    """Create the study, or load the one `_existing_study` checked (same spec)."""
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage,
                                                                         include_best_trial=False)}
     previous = existing.get(spec.name)
     if previous is not None:
-        _check_same_spec(spec, previous.user_attrs, storage)
+        _check_same_spec(spec, previous.user_attrs)  # made meanwhile by another process
     n_before = previous.n_trials if previous is not None else 0
     # Re-seeding by history length keeps a resumed study reproducible without replaying
     # the first run's random start-up trials.
@@ -617,8 +595,8 @@ def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.
         study.set_user_attr(SPEC_ATTR, spec.identity())
         study.set_user_attr(HASH_ATTR, spec.spec_hash)
         study.set_user_attr(METRIC_ATTR, objective.metric)
-        for point in grid:
-            study.enqueue_trial(point.params(), skip_if_exists=True)
+    if study.user_attrs.get(UID_ATTR) is None:  # new, or made before studies had ids
+        study.set_user_attr(UID_ATTR, uid)
     return study
 
 
@@ -631,7 +609,7 @@ def _sampler_seed(spec: StudySpec, n_before: int, shared: bool) -> int:
     return spec.seed + n_before + (secrets.randbits(30) if shared else 0)
 
 
-def _check_same_spec(spec: StudySpec, attrs: dict[str, Any], storage: Any) -> None:
+def _check_same_spec(spec: StudySpec, attrs: dict[str, Any]) -> None:
     if attrs.get(HASH_ATTR) == spec.spec_hash:
         return
     changes = _differences(attrs.get(SPEC_ATTR, {}), _jsonable(spec.identity()))

@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from optuna.trial import TrialState
+
 from regsearch import driver
 from regsearch.devices import gpu_environment, visible_gpus
 from regsearch.errors import SpecError, StorageError
@@ -52,14 +54,22 @@ class Plan:
 def plan(workers: int | None, gpus: str | None) -> Plan:
     if gpus is None:
         return Plan(cpu_workers=workers or 1)
-    found = visible_gpus() if gpus == "all" else tuple(g.strip() for g in gpus.split(","))
-    if not found or not all(g.isdigit() for g in found):
-        raise SpecError("--gpus", "gpus", f"expected 'all' or GPU indices such as 0,2,3, got "
-                        f"{gpus!r}" if found else "no GPU found (nvidia-smi -L lists none); "
-                        "use --workers N for CPU workers")
+    wanted = tuple(g.strip() for g in gpus.split(",")) if gpus != "all" else ()
+    if gpus != "all" and not all(g.isdigit() for g in wanted):
+        raise SpecError("--gpus", "", f"expected 'all' or GPU indices such as 0,2,3, got "
+                        f"{gpus!r}")
+    present = visible_gpus()
+    if not present:
+        raise SpecError("--gpus", "", "no GPU found (nvidia-smi -L lists none); use "
+                        "--workers N for CPU workers")
+    missing = [g for g in wanted if g not in present]
+    if missing:
+        raise SpecError("--gpus", "", f"no GPU {', '.join(missing)} on this machine (nvidia-smi "
+                        f"-L lists {', '.join(present)}); pick from those, or use --gpus all")
+    found = wanted or present
     if workers is not None and workers != len(found):
-        raise SpecError("--workers", "workers", f"{workers} workers for {len(found)} GPUs: "
-                        "there is one worker per GPU; leave out --workers")
+        raise SpecError("--workers", "", f"{workers} workers for {len(found)} GPUs: there is "
+                        "one worker per GPU; leave out --workers")
     return Plan(gpus=found)
 
 
@@ -80,10 +90,15 @@ def launch(study_file: str, spec: StudySpec, workers: Plan, *, storage: str | No
     env_extra = {"REGSEARCH_STORAGE": url, **({"REGSEARCH_MLFLOW": mlflow} if mlflow else {})}
     procs = [subprocess.Popen(command, env={**workers.environment(i), **env_extra})
              for i in range(workers.count)]
-    where = f"GPUs {', '.join(workers.gpus)}" if workers.gpus else "the CPU"
-    print(f"regsearch: {workers.count} workers on {where}; study {spec.name}, budget "
+    gpus = "GPU" + ("s " if len(workers.gpus) > 1 else " ") + ", ".join(workers.gpus)
+    print(f"regsearch: {_count(workers.count, 'worker')} on "
+          f"{gpus if workers.gpus else 'the CPU'}; study {spec.name}, budget "
           f"{run.budget} trials, storage {mask_url(url)}", file=sys.stderr, flush=True)
     return _supervise(run, procs)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _supervise(run: driver.StudyRun, procs: list[subprocess.Popen]) -> int:
@@ -109,17 +124,50 @@ def _supervise(run: driver.StudyRun, procs: list[subprocess.Popen]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    _mend(run)
     _report(run, shown)
-    codes = [proc.returncode for proc in procs]
-    failed = [(i, code) for i, code in enumerate(codes) if code != 0]
     if stopping:
         print("regsearch: stopped; running trials were re-queued; run the same command to "
               "continue", file=sys.stderr)
         return 130
-    for index, code in failed:
-        print(f"regsearch: worker {index} exited with code {code} (its messages are above)",
-              file=sys.stderr)
-    return 1 if failed else 0
+    complete = _complete(run)
+    for index, proc in enumerate(procs):
+        if proc.returncode == 0:
+            continue
+        how = (f"was killed (signal {-proc.returncode})" if proc.returncode < 0
+               else f"exited with code {proc.returncode}")
+        then = ("; the other workers finished the study" if complete
+                else " (its messages are above)")
+        print(f"regsearch: worker {index} {how}{then}", file=sys.stderr)
+    return 0 if complete else 1
+
+
+def _mend(run: driver.StudyRun) -> None:
+    """Once the workers are gone: the records of trials a killed worker left half-written
+    (the ledger from Optuna, MLflow from the ledger)."""
+    from regsearch.repair import reconcile
+
+    try:
+        mended, written, _ = reconcile(run.spec.name, run.storage_url, run.tracking_uri,
+                                       unsynced_only=True)
+    except Exception as exc:  # noqa: BLE001 - `regsearch sync` does it later, and says why
+        print(f"regsearch: warning: could not mend the records ({mask_url(str(exc))}); run "
+              f"`regsearch sync {run.spec.name}`", file=sys.stderr)
+        return
+    if mended or written:
+        print(f"regsearch: mended the records a killed worker left: {mended} ledger rows, "
+              f"{written} MLflow runs", file=sys.stderr)
+
+
+def _complete(run: driver.StudyRun) -> bool:
+    """The budget is spent and no trial runs or waits."""
+    try:
+        trials = run.study.get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - the workers said what is wrong with the database
+        return False
+    unfinished = (TrialState.RUNNING, TrialState.WAITING)
+    return driver.count_done(trials) >= run.budget and not any(
+        t.state in unfinished for t in trials)
 
 
 def _report(run: driver.StudyRun, shown: tuple | None) -> tuple | None:

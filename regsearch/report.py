@@ -13,6 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 from regsearch.driver import METRIC_ATTR
 from regsearch.errors import RegsearchError
 from regsearch.space import RegConfig, from_params
+from regsearch.spec import StudySpec
+from regsearch.trainers.base import DIVERGED
 from regsearch.storage import mask_url, open_storage
 
 def load_study(name: str, storage_url: str) -> optuna.Study:
@@ -42,6 +44,22 @@ def summarize(study: optuna.Study, top: int = 5) -> dict[str, Any]:
         "best": _describe(ranked[0]) if ranked else None,
         "top": [_describe(t) for t in ranked[:top]],
     }
+
+
+def raise_if_all_diverged(study: optuna.Study, spec: StudySpec) -> None:
+    """A study whose every trial diverged has no answer: say so, and what to change."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state.is_finished()]
+    failed = [t for t in finished if t.state == TrialState.FAIL]
+    diverged = [t for t in failed if DIVERGED in (t.user_attrs.get("fail_reason") or "")]
+    if not diverged or len(diverged) != len(failed) or len(failed) != len(finished):
+        return
+    rate = spec.train.learning_rate
+    raise RegsearchError(
+        f"all {len(diverged)} trials of {study.study_name!r} diverged (their loss became "
+        f"NaN or infinite); lower train.learning_rate (now {rate:g}), e.g. to {rate / 10:g}"
+        + ("" if spec.train.optimizer == "adam" else ", or use optimizer: adam")
+        + ", then run again with a new `name:`")
 
 
 def _ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:

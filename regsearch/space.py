@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -73,16 +73,32 @@ def from_params(params: dict[str, Any]) -> RegConfig:
 
 
 def grid(space: SpaceSpec, size: int) -> list[RegConfig]:
-    """Every config of a small grid: `size` log-spaced strengths and `size` dropout rates."""
-    strengths = _unique(np.geomspace(space.strength.low, space.strength.high, size))
-    dropouts = _unique(np.linspace(space.dropout.low, space.dropout.high, size))
-    points: list[RegConfig] = []
+    """Every config of a grid: `size` log-spaced strengths and `size` dropout rates."""
+    return list(iter_grid(space, size))
+
+
+def iter_grid(space: SpaceSpec, size: int) -> Iterator[RegConfig]:
+    """The grid's configs in order, made one at a time: a large grid costs nothing to
+    start (the driver takes the next points a batch needs)."""
+    strengths, dropouts = _axes(space, size)
     for kind in space.regularizers:
         l1s = strengths if kind in ("l1", "l1_l2") else [0.0]
         l2s = strengths if kind in ("l2", "l1_l2") else [0.0]
         for l1, l2, rate in itertools.product(l1s, l2s, dropouts):
-            points.append(RegConfig(kind, l1=l1, l2=l2, dropout=rate))
-    return points
+            yield RegConfig(kind, l1=l1, l2=l2, dropout=rate)
+
+
+def grid_count(space: SpaceSpec, size: int) -> int:
+    """How many configs `iter_grid` yields, without making them."""
+    strengths, dropouts = _axes(space, size)
+    per_kind = {"none": 1, "l1": len(strengths), "l2": len(strengths),
+                "l1_l2": len(strengths) ** 2}
+    return sum(per_kind[kind] for kind in space.regularizers) * len(dropouts)
+
+
+def _axes(space: SpaceSpec, size: int) -> tuple[list[float], list[float]]:
+    return (_unique(np.geomspace(space.strength.low, space.strength.high, size)),
+            _unique(np.linspace(space.dropout.low, space.dropout.high, size)))
 
 
 def _unique(values: np.ndarray) -> list[float]:

@@ -389,9 +389,33 @@ def _storage_url(value: Any, key: str) -> str:
 
 
 def _tracking_uri(value: Any, key: str) -> str:
-    from regsearch.storage import expand_home
+    from regsearch.errors import StorageError
+    from regsearch.storage import check_tracking_uri, expand_home
 
-    return expand_home(_text(value, key))
+    uri = expand_home(_text(value, key))
+    try:
+        check_tracking_uri(uri, key)
+    except StorageError as exc:
+        raise _Invalid(str(exc).split(": ", 2)[-1]) from None
+    return uri
+
+
+#: Study-file fields that a command-line flag or an environment variable can set; their
+#: values are checked by the same rules.
+_OVERRIDABLE: dict[str, Callable[[Any, str], Any]] = {
+    "search.n_trials": _integer(1, 10_000_000), "search.timeout": _positive,
+    "storage": _storage_url, "mlflow.tracking_uri": _tracking_uri}
+
+
+def check_field(path: str, value: Any) -> Any:
+    """A flag's or environment variable's value, checked as the study-file field `path`
+    is (a text is read as YAML reads a scalar: "5" is 5); raises ValueError with the rule."""
+    if isinstance(value, str) and path.startswith("search."):
+        value = yaml.safe_load(value) if value.strip() else value
+    try:
+        return _OVERRIDABLE[path](value, path.rsplit(".", 1)[-1])
+    except _Invalid as bad:
+        raise ValueError(str(bad)) from None
 
 
 # --------------------------------------------------------------------------- sections
@@ -532,7 +556,9 @@ def _boolean(value: Any, _key: str) -> bool:
 def _parse_mlflow(f: _Fields, storage: str) -> MlflowSpec:
     spec = MlflowSpec(tracking_uri=f.get("tracking_uri", _tracking_uri, DEFAULT_TRACKING_URI),
                       enabled=f.get("enabled", _boolean, True))
-    if spec.enabled and spec.tracking_uri == storage:
+    from regsearch.storage import same_database
+
+    if spec.enabled and same_database(spec.tracking_uri, storage):
         raise f.error("tracking_uri", "must not be the study's storage URL: Optuna and MLflow "
                                       "both keep an `alembic_version` table; use a database "
                                       "of its own, e.g. sqlite:///runs/mlflow.db")
@@ -604,6 +630,30 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) ->
     return spec
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names a key twice: YAML would silently keep the last value."""
+
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} is given twice (lines {first} and {again}); "
+                         "keep one of them")
+        self.line = again
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicated keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raises `SpecError` naming the file and field."""
     path = Path(path)
@@ -616,7 +666,9 @@ def load_spec(path: str | Path) -> StudySpec:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(source, "", f"cannot be read as a UTF-8 text file ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as exc:
+        raise SpecError(source, f"line {exc.line}", str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"

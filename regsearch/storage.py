@@ -16,8 +16,18 @@ from sqlalchemy.engine import URL, make_url
 from regsearch.errors import StorageError
 from regsearch.sqlite_seed import EmptyDatabase, seed_new_database
 
-_DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
-                  "MySQLdb": "mysql"}
+#: What to install for a SQLAlchemy dialect+driver that is missing.
+_DRIVER_INSTALL = {"postgresql+psycopg": "pip install 'regsearch[postgres]'",
+                   "mysql+pymysql": "pip install 'regsearch[mysql]'",
+                   "mysql+mysqldb": "pip install mysqlclient, or use mysql+pymysql://... with "
+                                    "pip install 'regsearch[mysql]'",
+                   "postgresql+psycopg2": "pip install psycopg2-binary, or use "
+                                          "postgresql+psycopg://... with pip install "
+                                          "'regsearch[postgres]'"}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+#: Schemes of the MLflow tracking URIs regsearch can write to (besides database URLs and paths).
+MLFLOW_SCHEMES = ("http", "https", "file", "databricks")
+_DATABASES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql")
 
 
 #: What a lost or unreachable database raises through SQLAlchemy and Optuna.
@@ -34,6 +44,72 @@ def mask_url(url: str | URL) -> str:
     return _PASSWORD_IN_URL.sub(r"\1***\3", url)
 
 
+def check_storage_url(url: str, where: str = "storage") -> URL:
+    """`url` parsed, with its database driver importable; nothing is connected or written.
+
+    Every command checks this first, so a typo or a missing driver is one line at once.
+    """
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"{where}: {mask_url(url)!r} is not a SQLAlchemy URL; use e.g. "
+                           "sqlite:///runs/regsearch.db or "
+                           "postgresql+psycopg://user@host/db") from None
+    try:
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise StorageError(f"{where}: {mask_url(url)}: unknown database "
+                           f"{parsed.drivername!r}; use sqlite:///..., "
+                           "postgresql+psycopg://... or mysql+pymysql://...") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        name = f"{parsed.get_backend_name()}+{parsed.get_driver_name()}"
+        fix = _DRIVER_INSTALL.get(name) or (
+            f"install the {parsed.get_driver_name()!r} package, or use "
+            + ("postgresql+psycopg://... with pip install 'regsearch[postgres]'"
+               if parsed.get_backend_name() == "postgresql"
+               else "mysql+pymysql://... with pip install 'regsearch[mysql]'"))
+        raise StorageError(f"{where}: {mask_url(url)}: the database driver for {name!r} is "
+                           f"not installed; {fix}") from None
+    return parsed
+
+
+def check_tracking_uri(uri: str, where: str = "mlflow.tracking_uri") -> None:
+    """A URI MLflow can record to: a database URL, http(s), file or a plain path.
+
+    Another scheme is a configuration error, not an outage to warn about during the run."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in (*MLFLOW_SCHEMES, *_DATABASES):
+        raise StorageError(f"{where}: {mask_url(uri)}: MLflow cannot record to a {scheme!r} "
+                           "URI; use http(s)://host:port for a tracking server or a database "
+                           "URL such as sqlite:///runs/mlflow.db")
+    if scheme in _DATABASES:
+        check_storage_url(uri, where)
+
+
+def same_database(first: str, second: str) -> bool:
+    """Whether two URLs name one database, however spelled (relative or absolute SQLite
+    paths, a default port written out or left out, driver names)."""
+    try:
+        a, b = make_url(first), make_url(second)
+    except sqlalchemy.exc.ArgumentError:
+        return False
+    if a.get_backend_name() != b.get_backend_name():
+        return False
+    if a.get_backend_name() == "sqlite":
+        files = sqlite_file(first), sqlite_file(second)
+        return None not in files and files[0].resolve() == files[1].resolve()
+    default = _DEFAULT_PORTS.get(a.get_backend_name())
+    return ((_host(a.host), a.port or default, a.database)
+            == (_host(b.host), b.port or default, b.database))
+
+
+def _host(host: str | None) -> str:
+    host = (host or "localhost").lower()
+    return "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
+
+
 def open_storage(url: str, *, must_exist: bool = False,
                  heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at `url`; a SQLite file's folder is created if needed.
@@ -41,11 +117,14 @@ def open_storage(url: str, *, must_exist: bool = False,
     With `must_exist` (read-only commands) a missing SQLite file is an error, not a new file.
     `heartbeat` is (interval, grace period) in seconds, for studies shared by processes.
     """
+    check_storage_url(url)
     database = sqlite_file(url)
     if database is not None:
         if must_exist:
             require_existing(url)
         _make_folder(database, url)
+    elif must_exist:
+        require_study_tables(url)
     # A new SQLite study is a copy of an empty one this Optuna version made: its tables and
     # schema revision are Optuna's own, so neither needs making or checking again.
     seeded = not must_exist and seed_new_database(database, _EMPTY_STUDY)
@@ -54,13 +133,9 @@ def open_storage(url: str, *, must_exist: bool = False,
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
                                              heartbeat_interval=interval, grace_period=grace,
                                              skip_compatibility_check=seeded,
-                                             skip_table_creation=seeded)
+                                             skip_table_creation=seeded or must_exist)
         tune_sqlite(storage.engine)
         return storage
-    except ModuleNotFoundError as exc:
-        extra = _DRIVER_EXTRAS.get(exc.name or "", "postgres or mysql")
-        raise StorageError(f"storage {mask_url(url)}: the database driver {exc.name!r} is not "
-                           f"installed; install it with: pip install 'regsearch[{extra}]'") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {first_line(exc)}; check that "
                            "the database server is running and the URL is right") from None
@@ -113,6 +188,27 @@ def require_existing(url: str) -> None:
     if database is not None and not database.is_file():
         raise StorageError(f"no study database at {database}; run a study first, or pass "
                            "--storage with the URL it was run with")
+
+
+def has_study_tables(url: str) -> bool:
+    """Whether a server database holds Optuna's tables; an unreachable one is an error."""
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {first_line(exc)}; check "
+                           "that the database server is running and the URL is right") from None
+    finally:
+        engine.dispose()
+
+
+def require_study_tables(url: str) -> None:
+    """A server database that never held a study is refused without creating Optuna's
+    tables in it (read-only commands and workers joining a study)."""
+    if not has_study_tables(url):
+        raise StorageError(f"no study in {mask_url(url)} (it holds no Optuna tables); create "
+                           "the study first with `regsearch init` (or `regsearch run`) on its "
+                           "study file, or pass --storage with the URL it was run with")
 
 
 @contextmanager

@@ -315,6 +315,63 @@ def _rdb(storage: Any) -> Any:
 
 # --------------------------------------------------------------------------- reaping
 
+def fail_trials(storage: optuna.storages.BaseStorage,
+                attrs: Mapping[int, dict[str, Any]]) -> set[int]:
+    """Fail each of these trials that still runs, writing its user attrs in the same
+    transaction; returns the ids this call failed (others finished or were failed meanwhile).
+
+    Optuna's own `fail_stale_trials` sets the state first, and its callback writes the rest:
+    a reader in between (or a process killed there) sees a failed trial that spent budget
+    and is never re-run. Here the state and what it means land together.
+    """
+    rdb = _rdb(storage)
+    if not can_batch(rdb):
+        return _fail_one_by_one(storage, attrs)
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    won = set()
+    for trial_id, trial_attrs in attrs.items():
+        with _create_scoped_session(rdb.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            if trial.state != TrialState.RUNNING:
+                continue
+            trial.state, trial.datetime_complete = TrialState.FAIL, datetime.now()
+            keys = {row.key: row for row in trial.user_attributes}
+            for key, value in trial_attrs.items():
+                row = keys.get(key) or models.TrialUserAttributeModel(trial_id=trial_id, key=key)
+                row.value_json = json.dumps(value)
+                session.add(row)
+            won.add(trial_id)
+    return won
+
+
+def _fail_one_by_one(storage: optuna.storages.BaseStorage,
+                     attrs: Mapping[int, dict[str, Any]]) -> set[int]:
+    """`fail_trials` through Optuna's public calls: the attrs first, then the state."""
+    won = set()
+    for trial_id, trial_attrs in attrs.items():
+        try:
+            if storage.get_trial(trial_id).state != TrialState.RUNNING:
+                continue
+            for key, value in trial_attrs.items():
+                storage.set_trial_user_attr(trial_id, key, value)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                won.add(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+    return won
+
+
+def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
+    """Running trials whose last heartbeat is older than the grace period (Optuna's test,
+    made with the database's clock); none where heartbeats are off."""
+    rdb = _rdb(storage)
+    if getattr(rdb, "heartbeat_interval", None) is None:
+        return []
+    return list(rdb._get_stale_trial_ids(study_id))
+
+
 def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
     """Running trials that never had a heartbeat.
 

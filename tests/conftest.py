@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -57,3 +57,16 @@ def make_spec(tmp_path: Path) -> Callable[..., StudySpec]:
     def make(**overrides: Any) -> StudySpec:
         return parse_spec(tiny_study(tmp_path, **overrides), source="tiny.yaml", base=tmp_path)
     return make
+
+
+@pytest.fixture
+def fresh_db() -> Iterator[Any]:
+    """`fresh_db("postgresql" | "mysql")` -> the URL of an empty database made on that
+    server for this test (skipped when its URL variable is unset), dropped afterwards."""
+    from servers import FreshDatabases
+
+    made = FreshDatabases()
+    try:
+        yield made
+    finally:
+        made.drop()

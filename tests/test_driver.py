@@ -28,11 +28,15 @@ def history(study: optuna.Study) -> list[tuple]:
 
 
 def test_same_seed_gives_same_trials_and_scores(make_spec, tmp_path) -> None:
-    first = run(make_spec(storage=f"sqlite:///{tmp_path / 'a.db'}"))
-    second = run(make_spec(storage=f"sqlite:///{tmp_path / 'b.db'}"))
+    def where(name: str) -> dict[str, object]:  # a study and its MLflow store, apart
+        return {"storage": f"sqlite:///{tmp_path / name}.db",
+                "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / name}-mlflow.db"}}
+
+    first = run(make_spec(**where("a")))
+    second = run(make_spec(**where("b")))
     assert len(first.study.trials) == 4
     assert history(first.study) == history(second.study)
-    third = run(make_spec(seed=4, storage=f"sqlite:///{tmp_path / 'c.db'}"))
+    third = run(make_spec(seed=4, **where("c")))
     assert [t.params for t in third.study.trials] != [t.params for t in first.study.trials]
 
 

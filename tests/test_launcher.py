@@ -14,7 +14,8 @@ from regsearch.errors import RegsearchError, SpecError
 from regsearch.launcher import plan
 
 
-def test_one_worker_per_listed_gpu_with_its_own_device_and_memory_growth() -> None:
+def test_one_worker_per_listed_gpu_with_its_own_device_and_memory_growth(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # four GPUs, as nvidia-smi would list
     workers = plan(None, "0,2,3")
     assert workers.count == 3
     for index, gpu in enumerate(("0", "2", "3")):
@@ -48,9 +49,11 @@ def test_the_worker_environment_keeps_the_callers_settings(monkeypatch) -> None:
 @pytest.mark.parametrize("gpus,workers,message", [
     ("0,x", None, "expected 'all' or GPU indices such as 0,2,3, got '0,x'"),
     ("0,1", 3, "3 workers for 2 GPUs: there is one worker per GPU; leave out --workers"),
+    ("0,5", None, "no GPU 5 on this machine (nvidia-smi -L lists 0, 1); pick from those"),
 ])
-def test_bad_gpu_lists_are_refused_with_the_fix(gpus, workers, message) -> None:
-    with pytest.raises(SpecError, match="^--gpus: gpus: |^--workers: workers: ") as caught:
+def test_bad_gpu_lists_are_refused_with_the_fix(gpus, workers, message, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(SpecError, match="^--gpus: |^--workers: ") as caught:
         plan(workers, gpus)
     assert message in str(caught.value)
 
@@ -68,7 +71,7 @@ def test_gpus_all_without_a_gpu_says_to_use_cpu_workers(tmp_path: Path) -> None:
                                "PATH": str(tmp_path)})  # and no nvidia-smi on PATH
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "regsearch: error: --gpus: gpus: no GPU found (nvidia-smi -L lists none); use "
+        "regsearch: error: --gpus: no GPU found (nvidia-smi -L lists none); use "
         "--workers N for CPU workers"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 

@@ -654,6 +654,73 @@ def _check_trial(trial: optuna.trial.FrozenTrial, row: dict[str, Any], record: T
         timedelta(seconds=1), where
 
 
+def _break(engine: sa.Engine, study: str, number: int, sql: str, **params: Any) -> None:
+    """Run `sql` on trial `number`'s ledger row (`:id` is its id)."""
+    with engine.begin() as conn:
+        trial_id = conn.execute(sa.text(
+            "SELECT t.id FROM regsearch_trials t JOIN regsearch_studies s ON s.id = t.study_id "
+            "WHERE s.name = :s AND t.number = :n"), {"s": study, "n": number}).scalar_one()
+        for statement in sql.split(";"):
+            conn.execute(sa.text(statement), {"id": trial_id, **params})
+
+
+@pytest.mark.slow
+def test_a_broken_ledger_is_mended_from_optuna_when_the_study_is_opened(db_url, make_spec,
+                                                                       monkeypatch) -> None:
+    """What a worker killed between its Optuna write and its ledger write leaves (a finished
+    trial `running`, or no row at all), and rows that say something else than Optuna, are
+    rewritten from Optuna when the study is next opened; the rest is not touched."""
+    from regsearch.trainers import make_trainer
+
+    monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
+    digits = make_spec(storage=db_url, mlflow={"enabled": False},
+                       search={"n_trials": 4, "pruner": "none"}, train__epochs=3)
+    diverging = make_spec(name="diverging", storage=db_url, mlflow={"enabled": False},
+                          data={"builtin": "diabetes"}, search={"n_trials": 1, "pruner": "none"},
+                          train={"epochs": 2, "optimizer": "sgd", "learning_rate": 1e6})
+    runs: list[driver.StudyRun] = []
+    try:
+        for spec in (digits, diverging):
+            runs.append(driver.open_run(spec))
+            driver.run_study(runs[-1], make_trainer(runs[-1]))
+        engine = runs[0].ledger.engine
+        kept = epoch_rows(engine, 3)
+        _break(engine, STUDY, 0, "UPDATE regsearch_trials SET state = 'running', value = NULL, "
+               "reason = NULL, finished = NULL WHERE id = :id; "
+               "DELETE FROM regsearch_epochs WHERE trial_id = :id")
+        _break(engine, STUDY, 1, "DELETE FROM regsearch_epochs WHERE trial_id = :id; "
+               "DELETE FROM regsearch_trials WHERE id = :id")
+        _break(engine, STUDY, 2, "UPDATE regsearch_trials SET value = 0.123 WHERE id = :id")
+        _break(engine, "diverging", 0, "UPDATE regsearch_trials SET state = 'running', "
+               "reason = NULL WHERE id = :id")
+        for spec in (digits, diverging):
+            runs.append(driver.open_run(spec))  # opening mends
+            assert driver.mend_ledger(runs[-1]) == 0  # and nothing is left to mend
+        for spec, run in zip((digits, diverging), runs[2:]):
+            trials = run.study.get_trials()
+            rows = trial_rows(engine, spec.name)
+            assert [r["number"] for r in rows] == [t.number for t in trials]
+            for trial, row in zip(trials, rows):
+                where = (spec.name, trial.number, row)
+                assert row["state"] == _STATES[trial.state], where
+                assert same(row["value"], trial.value), where
+                assert row["reason"] == (trial.user_attrs.get("fail_reason")
+                                         or trial.user_attrs.get("stop_reason")), where
+                for name in SUMMARY_FIELDS:
+                    assert same(row[name], trial.user_attrs.get(name)), (where, name)
+                scores = [e[3] for e in epoch_rows(engine, trial.number, spec.name)]
+                assert all(same(a, trial.intermediate_values[e]) for e, a in
+                           enumerate(scores, start=1) if e in trial.intermediate_values), where
+        assert [r["state"] for r in trial_rows(engine)] == ["complete", "pruned", "complete",
+                                                           "complete"]
+        rebuilt = epoch_rows(engine, 0)
+        assert len(rebuilt) == 3 and all(e[1] is None for e in rebuilt)  # Optuna's scores only
+        assert epoch_rows(engine, 3) == kept  # an agreeing row keeps its losses
+    finally:
+        for run in runs:
+            _close(run)
+
+
 # --------------------------------------------------------------------------- 6. unreachable
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://u:s3cret-pw@127.0.0.1:1/x",

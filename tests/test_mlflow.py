@@ -336,7 +336,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
                       search={"n_trials": 2})
     for path in (hb, boom):
         proc = cli(folder, "run", path.name)
-        assert proc.returncode == 0, show(proc)
+        if path is boom:  # every trial diverged: recorded, and said to be an error
+            assert proc.returncode == 2 and "all 2 trials of 'boom' diverged" in proc.stderr, \
+                show(proc)
+        else:
+            assert proc.returncode == 0, show(proc)
         assert WARNING not in proc.stderr, show(proc)
     specs = {p.stem: yaml.safe_load(p.read_text()) for p in (hb, boom)}
     trials = {name: trials_of(storage, name) for name in specs}
@@ -474,6 +478,45 @@ def test_sync_rebuilds_mlflow_into_an_empty_store(recorded: Recorded, tmp_path: 
     assert sorted(by_trial(children(view))) == [t.number for t in recorded.trials["hb"]]
 
 
+def test_sync_mends_the_ledger_from_optuna_and_mlflow_from_the_ledger(
+        recorded: Recorded, tmp_path: Path) -> None:
+    """What a killed worker leaves: a finished trial still `running` in the ledger, one
+    trial without a run, one run never ended (its writer died mid-write)."""
+    from mlflow import MlflowClient
+
+    from regsearch.recorders.ledger import Ledger
+
+    for name in ("study.db", "ml.db"):
+        shutil.copy(recorded.folder / name, tmp_path / name)
+    storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
+    complete = [t for t in recorded.trials["hb"] if t.state == TrialState.COMPLETE]
+    broken, gone, unended = complete[0], complete[1], complete[2]
+    ledger = Ledger(storage)
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE regsearch_trials SET state = 'running', value = NULL "
+                             f"WHERE number = {broken.number} AND study_id = "
+                             "(SELECT id FROM regsearch_studies WHERE name = 'hb')")
+    client = MlflowClient(tracking)
+    runs = {int(r.data.tags["regsearch.trial"]): r for r in trial_runs(tracking, "hb")}
+    client.delete_run(runs[gone.number].info.run_id)
+    client.delete_tag(runs[unended.number].info.run_id, "regsearch.complete")
+    client.update_run(runs[unended.number].info.run_id, status="RUNNING")
+
+    proc = cli(tmp_path, "sync", "hb", "--storage", storage, "--mlflow", tracking)
+    assert proc.returncode == 0, show(proc)
+    n = len(recorded.trials["hb"])
+    assert f"synced hb: 2 trial runs written to MLflow, {n - 2} already there; 1 ledger rows " \
+           "mended from Optuna" in proc.stdout, show(proc)
+    row = next(r for r in ledger.records("hb") if r.number == broken.number)
+    assert (row.state, row.value) == ("complete", broken.value)
+    after = trial_runs(tracking, "hb")
+    assert trial_numbers(after) == [t.number for t in recorded.trials["hb"]]  # one each
+    status = {int(r.data.tags["regsearch.trial"]): r.info.status for r in after}
+    assert status[gone.number] == status[unended.number] == "FINISHED"
+    assert "RUNNING" not in status.values()
+    ledger.engine.dispose()
+
+
 def test_sync_failing_midway_is_one_masked_user_error(recorded: Recorded, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
@@ -583,6 +626,7 @@ class Outage:
     killed_at: float
     syncs: list[subprocess.CompletedProcess]
     after_sync: list[list[Any]]  # all active runs of the study after each sync
+    twin: subprocess.CompletedProcess  # another study of the same name, same server
 
 
 @pytest.fixture(scope="module")
@@ -613,7 +657,14 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Outage:
         for _ in range(2):
             syncs.append(cli(folder, "sync", name, "--storage", storage, "--mlflow", uri))
             after.append(client_runs(server.uri, name))
-        return Outage(folder, name, storage, n_trials, run, code, killed_at, syncs, after)
+        twin = folder / "twin"
+        twin.mkdir()
+        twin_path = study_file(twin, name, storage=sqlite_url(twin / "study.db"),
+                               tracking_uri=sqlite_url(twin / "unused-mlflow.db"))
+        refused = cli(twin, "run", twin_path.name, "--mlflow", uri)
+        after.append(client_runs(server.uri, name))
+        return Outage(folder, name, storage, n_trials, run, code, killed_at, syncs, after,
+                      refused)
     finally:
         server.stop()
 
@@ -645,7 +696,7 @@ def test_sync_backfills_every_trial_once_and_is_idempotent(outage: Outage) -> No
     assert first.returncode == 0, show(first)
     assert second.returncode == 0, show(second)
     numbers = list(range(outage.n_trials))
-    for everything in outage.after_sync:
+    for everything in outage.after_sync[:2]:
         runs = [r for r in everything if r.data.tags.get("regsearch.role") == "trial"]
         assert trial_numbers(runs) == numbers  # each trial exactly once
         assert len(everything) == len(runs) + 1  # and one parent
@@ -661,11 +712,26 @@ def test_sync_backfills_every_trial_once_and_is_idempotent(outage: Outage) -> No
         sorted(r.info.run_id for r in outage.after_sync[1])
     # The one parent is finished and names the study's best trial, which sync filled in.
     best = optuna.load_study(study_name=outage.name, storage=outage.storage).best_trial
-    parent = next(r for r in outage.after_sync[-1]
+    parent = next(r for r in outage.after_sync[1]
                   if r.data.tags.get("regsearch.role") == "parent")
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best.trial"] == str(best.number)
     assert same(parent.data.metrics["best_accuracy"], best.value)
+
+
+@pytest.mark.server
+def test_another_study_of_the_same_name_is_refused_by_the_server(outage: Outage) -> None:
+    """The same `name:` in another storage while MLflow stays on this server: refused
+    before anything is written, instead of mixing two studies in one experiment."""
+    proc = outage.twin
+    assert proc.returncode == 2, show(proc)
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("regsearch: error: MLflow at "
+                                                                 "http://alice:***@"), show(proc)
+    assert "has an experiment 'outage' that holds another study of that name" in proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout
+    assert sorted(p.name for p in (outage.folder / "twin").iterdir()) == ["outage.yaml"]
+    assert sorted(r.info.run_id for r in outage.after_sync[-1]) == \
+        sorted(r.info.run_id for r in outage.after_sync[-2])
 
 
 @pytest.mark.server
@@ -757,7 +823,7 @@ def test_a_killed_run_is_closed_as_killed_when_the_study_is_reopened(tmp_path: P
     assert trial_numbers(runs) == [0, 1, 2]
     assert all(r.data.tags["regsearch.complete"] == "true" for r in runs)
     abandoned = next(r for r in runs if r.data.tags["regsearch.trial"] == "1")
-    assert abandoned.info.status == "FAILED"
+    assert abandoned.info.status == "KILLED"  # its process was lost: as the reopening said
     assert "process ended" in abandoned.data.tags["regsearch.reason"]
 
 

@@ -100,3 +100,18 @@ def test_near_zero_share_grows_with_l1(make_spec) -> None:
     weak = trainer.train(RegConfig("l1", l1=1e-6), seed=0, prune=_never)
     strong = trainer.train(RegConfig("l1", l1=0.05), seed=0, prune=_never)
     assert strong.near_zero_share > 4 * weak.near_zero_share > 0
+
+
+@pytest.mark.parametrize("builtin, task", [("breast_cancer", "binary"), ("digits", "multiclass"),
+                                           ("diabetes", "regression")])
+def test_every_task_trains_to_a_finite_score(make_spec, builtin: str, task: str) -> None:
+    """The reference trains binary targets too (Keras's cross-entropy metric once refused
+    1-D labels against the (N, 1) output of a binary model)."""
+    spec = make_spec(data={"builtin": builtin}, train__epochs=2)
+    trainer, data = _trainer(spec)
+    assert data.task == task
+    outcome = trainer.train(RegConfig("l2", l2=1e-3, dropout=0.1), seed=0, prune=_never)
+    assert outcome.state == "complete", outcome.reason
+    assert outcome.epochs_run == 2 and math.isfinite(outcome.value)
+    assert all(math.isfinite(m.train_loss) and math.isfinite(m.val_loss)
+               for m in outcome.history)

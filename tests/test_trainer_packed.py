@@ -17,7 +17,7 @@ from regsearch.data import load_dataset
 from regsearch.space import RegConfig
 from regsearch.spec import resolve_objective
 from regsearch.trainers.base import COMPLETE, FAILED
-from regsearch.trainers.keras import KerasTrainer
+from regsearch.trainers.keras import KerasTrainer, fit_targets
 from regsearch.trainers.packed import PackedNet, PackedTrainer, choose_pack_size
 
 CONFIGS = {
@@ -47,7 +47,8 @@ def _replay(reference: keras.Model, data, batches) -> float:
     """Train the standard model on the same batches; the epoch's mean data loss."""
     total = 0.0
     for idx in batches:
-        logs = reference.train_on_batch(data.x_train[idx], data.y_train[idx],
+        logs = reference.train_on_batch(data.x_train[idx], fit_targets(data.task,
+                                                                       data.y_train[idx]),
                                         return_dict=True)
         total += float(logs["data_loss"]) * len(idx)
     return total / len(data.x_train)
@@ -84,6 +85,29 @@ def test_member_trains_exactly_like_its_standalone_model(make_spec, kind) -> Non
         assert got.penalty == pytest.approx(expected_penalty, rel=1e-4, abs=1e-9)
     assert finished[slot].state == COMPLETE
     assert trainer.free_slots() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("builtin", ["breast_cancer", "diabetes"])
+def test_member_trains_exactly_like_its_standalone_model_on_every_task(make_spec,
+                                                                      builtin) -> None:
+    """Binary (one sigmoid output) and regression (one linear output, scaled target) too,
+    not only the multiclass digits of the test above."""
+    spec = make_spec(data={"builtin": builtin}, train__epochs=2, model={"hidden_units": [8]})
+    trainer, data, _ = _setup(spec, pack_size=2)
+    trainer.assign(OTHERS[0], seed=10, prune=_never)
+    config = CONFIGS["l1_l2"]
+    slot = trainer.assign(config, seed=1, prune=_never)
+    reference = trainer.reference.build(config)
+    trainer.set_member_weights(slot, reference.get_weights())
+    for epoch in (1, 2):
+        finished = trainer.run_epoch()
+        train_loss = _replay(reference, data, trainer.last_batches())
+        history = (finished[slot].history if slot in finished
+                   else trainer.slots[slot].rules.history)
+        assert history[epoch - 1].train_loss == pytest.approx(train_loss, rel=1e-4)
+        assert history[epoch - 1].val_loss == pytest.approx(_val_loss(reference, data),
+                                                            rel=1e-4)
+    assert finished[slot].state == COMPLETE
 
 
 def test_adam_bias_correction_uses_each_slots_own_step(make_spec) -> None:

@@ -252,7 +252,7 @@ class Ledger:
         from its config.
         """
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study, ended, epochs=True)
+            rows = self._rows(session, study, ended, epochs=True, lock=True)
             self._start_rows(session, study, [(number, config) for number, config, _ in ended
                                               if number not in rows and config is not None],
                              rows)
@@ -276,13 +276,54 @@ class Ledger:
         gets one, so the ledger still holds every trial Optuna has.
         """
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study, list(trials))
+            rows = self._rows(session, study, list(trials), lock=True)
             self._start_rows(session, study, [(n, c) for n, c in trials.items() if n not in rows],
                              rows)
             for number in trials:
                 if rows[number].state == RUNNING:
                     rows[number].state, rows[number].reason = "failed", reason
                     rows[number].finished = _now()
+
+    def mend(self, study: str, records: Sequence[TrialRecord]) -> int:
+        """Rewrite the rows that disagree with these finished trials (as Optuna has them)
+        in state or value, or are missing; how many. A row's epochs are kept if it has
+        any; the mended trials are marked for MLflow to be written again."""
+        with Session(self.engine) as session:
+            held = {number: (state, value) for number, state, value in session.execute(
+                sa.select(TrialRow.number, TrialRow.state, TrialRow.value).join(StudyRow)
+                .where(StudyRow.name == study))}
+        stale = [r for r in records if held.get(r.number) != (r.state, _finite(r.value))]
+        if not stale:
+            return 0
+        mended = 0
+        with Session(self.engine) as session, session.begin():
+            rows = self._rows(session, study, [r.number for r in stale], epochs=True, lock=True)
+            for record in stale:
+                row = rows.get(record.number)
+                if row is not None and (row.state, row.value) == (record.state,
+                                                                  _finite(record.value)):
+                    continue  # its own process wrote it meanwhile
+                if row is None:
+                    row = self._start_rows(session, study, [(record.number, record.config)],
+                                           rows)[record.number]
+                    row.worker_host, row.started = "", record.started or _now()
+                self._mend_row(row, record)
+                mended += 1
+        return mended
+
+    @staticmethod
+    def _mend_row(row: TrialRow, record: TrialRecord) -> None:
+        row.state, row.value, row.reason = record.state, _finite(record.value), record.reason
+        row.finished = record.finished or _now()
+        for key, value in record.summary.items():
+            if value is not None:
+                setattr(row, key, _finite(value) if isinstance(value, float) else value)
+        if not row.epochs:
+            row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=_finite(m.train_loss),
+                                      val_loss=_finite(m.val_loss),
+                                      val_metric=_finite(m.val_metric),
+                                      penalty=_finite(m.penalty)) for m in record.epochs]
+        row.mlflow_synced = False
 
     def set_mlflow(self, study: str, runs: Mapping[int, str | None], synced: bool) -> None:
         """{trial number: MLflow run id} in one transaction; None keeps the known id, and a
@@ -322,6 +363,22 @@ class Ledger:
             for row in session.scalars(query):
                 yield _record(study, row)
 
+    def best(self, study: str, direction: str) -> TrialRecord | None:
+        """The complete trial with the best value (the lowest number among equals)."""
+        order = TrialRow.value.desc() if direction == "maximize" else TrialRow.value.asc()
+        with Session(self.engine) as session:
+            row = session.scalar(sa.select(TrialRow).join(StudyRow).where(
+                StudyRow.name == study, TrialRow.state == "complete",
+                TrialRow.value.is_not(None)).order_by(order, TrialRow.number).limit(1))
+            return None if row is None else _record(study, row)
+
+    def unsynced(self, study: str) -> int:
+        """How many finished trials MLflow may lack (not written since they ended)."""
+        with Session(self.engine) as session:
+            return session.scalar(sa.select(sa.func.count()).select_from(TrialRow).join(
+                StudyRow).where(StudyRow.name == study, TrialRow.state != RUNNING,
+                                TrialRow.mlflow_synced.is_(False))) or 0
+
     def numbers(self, study: str, state: str) -> set[int]:
         """The numbers of the study's trials in `state` ("failed", "running", ...)."""
         with Session(self.engine) as session:
@@ -332,11 +389,20 @@ class Ledger:
         return session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name))
 
     def _rows(self, session: Session, study: str, trials: Sequence[Any], *,
-              epochs: bool = False) -> dict[int, TrialRow]:
-        """The rows of these trials ({number: row}); each item is a number or starts with one."""
+              epochs: bool = False, lock: bool = False) -> dict[int, TrialRow]:
+        """The rows of these trials ({number: row}); each item is a number or starts with one.
+
+        With `lock` the rows are locked for the transaction, by primary key and in its
+        order (a locking read through the (study, number) index would also lock the gaps
+        beside the rows on MySQL, where other workers insert theirs), and read as they are
+        once locked: a process mending the ledger and the trial's own process take turns."""
         numbers = [t if isinstance(t, int) else t[0] for t in trials]
         query = (sa.select(TrialRow).join(StudyRow)
                  .where(StudyRow.name == study, TrialRow.number.in_(numbers)))
+        if lock and self.engine.dialect.name != "sqlite":
+            ids = sorted(session.scalars(query.with_only_columns(TrialRow.id)))
+            query = (sa.select(TrialRow).where(TrialRow.id.in_(ids)).order_by(TrialRow.id)
+                     .with_for_update().execution_options(populate_existing=True))
         if epochs:
             query = query.options(selectinload(TrialRow.epochs))
         return {row.number: row for row in session.scalars(query)}

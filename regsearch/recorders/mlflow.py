@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
 from regsearch.recorders.mlflow_batch import BatchWriter, NewRun, RunEnd  # noqa: E402
+from regsearch.recorders.mlflow_identity import UID_TAG, check_owner  # noqa: E402
 from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
 from regsearch.recorders.mlflow_store import seed_new_store  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
@@ -84,12 +85,18 @@ class MlflowWriter:
         """Batched writes, if the store takes them (first asked when a batch is written)."""
         return BatchWriter.for_client(self.client)
 
-    def experiment(self, study: str) -> str:
+    def experiment(self, study: str, uid: str | None = None) -> str:
+        """The study's experiment, made if missing; one that holds another study of the
+        same name is refused (`mlflow_identity`), one made before study ids adopted."""
         found = self.client.get_experiment_by_name(study)
-        if found is not None:
-            return found.experiment_id
-        return self.client.create_experiment(study, artifact_location=_subdir(
-            artifact_root(self.tracking_uri), study))
+        if found is None:
+            return self.client.create_experiment(study, artifact_location=_subdir(
+                artifact_root(self.tracking_uri), study), tags={UID_TAG: uid} if uid else None)
+        if uid:
+            check_owner(self.tracking_uri, study, uid, found.tags)
+            if found.tags.get(UID_TAG) is None:
+                self.client.set_experiment_tag(found.experiment_id, UID_TAG, uid)
+        return found.experiment_id
 
     def parent_run(self, experiment_id: str, study: dict[str, Any], storage_url: str) -> str:
         """The study's parent run, found by tag or created with the spec as params/artifact."""
@@ -306,10 +313,9 @@ def _epoch_points(epochs: Iterable[EpochMetrics], metric: str, stamp: int) -> li
 
 def _status(record: TrialRecord) -> str:
     """MLflow's run status; a trial whose process was stopped or lost was KILLED."""
-    from regsearch.driver import DIED, INTERRUPTED, STOPPED
+    from regsearch.liveness import KILLED_REASONS
 
-    if record.state == "failed" and (record.reason or "").startswith((INTERRUPTED, STOPPED,
-                                                                       DIED)):
+    if record.state == "failed" and (record.reason or "").startswith(KILLED_REASONS):
         return "KILLED"
     return _STATUS.get(record.state, "FAILED")
 
@@ -322,11 +328,16 @@ def _subdir(root: str | None, name: str) -> str | None:
     return f"{root}/{name}" if root else None
 
 
-def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int]:
+def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | None = None,
+               unsynced_only: bool = False) -> tuple[int, int]:
     """Write into MLflow every finished trial the ledger has and MLflow lacks.
 
     Returns (runs written, runs already there). Runs are matched by their trial tag, so
-    running it twice, or after a partial live write, never duplicates a trial.
+    running it twice, or after a partial live write, never duplicates a trial; a run left
+    unfinished (its process died) is written anew. `unsynced_only` checks only the trials
+    the ledger does not know to be in MLflow (after a run), not every trial (`regsearch
+    sync`: the store may be new or may have lost runs). `uid`: the study's id, which the
+    experiment must carry.
     """
     from regsearch.errors import RegsearchError
     from regsearch.storage import require_existing
@@ -340,19 +351,17 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
                              f"{mask_url(storage_url)} (studies there: {there})")
     try:
         writer = MlflowWriter(tracking_uri)
-        experiment_id = writer.experiment(name)
+        experiment_id = writer.experiment(name, uid)
         parent_id = writer.parent_run(experiment_id, study, storage_url)
+    except RegsearchError:
+        raise
     except Exception as exc:
         raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} is not reachable "
                              f"({problem_line(exc)}); start it and run sync again") from None
     written = kept = 0
-    best: TrialRecord | None = None
-    # Every finished trial is checked against MLflow itself (by its trial tag), not the
-    # ledger's flag: the store may be new or may have lost runs.
-    for record in (r for r in ledger.records(name) if r.state != "running"):
-        if record.state == "complete" and record.value is not None and is_better(
-                study["direction"], record.value, best and best.value):
-            best = record
+    for record in ledger.records(name, unsynced_only=unsynced_only):
+        if record.state == "running":
+            continue
         try:
             run_id, created = writer.write_trial(experiment_id, parent_id, record,
                                                  study["metric"])
@@ -362,8 +371,8 @@ def sync_study(name: str, storage_url: str, tracking_uri: str) -> tuple[int, int
                                  "were written; run sync again") from None
         ledger.set_mlflow(name, {record.number: run_id}, synced=True)
         written, kept = written + created, kept + (not created)
+    best = ledger.best(name, study["direction"])
     if best is not None:
         writer.set_best(parent_id, best, study["metric"], study["direction"], settle=True)
     writer.end_parent(experiment_id, parent_id)
     return written, kept
-

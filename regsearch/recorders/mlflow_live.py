@@ -73,14 +73,14 @@ class MlflowRecorder:
         self.study, self.metric = info["name"], info["metric"]
         self.direction = info["direction"]
         self.optuna_study = run.study
-        storage = run.storage_url
+        storage, uid = run.storage_url, run.uid
         try:  # a resumed study must not let a worse trial become "best" in the parent
             self.best = run.study.best_value
         except ValueError:
             self.best = None
 
         def open_study() -> None:
-            self.experiment_id = self.writer.experiment(self.study)
+            self.experiment_id = self.writer.experiment(self.study, uid)
             self.parent_id = self.writer.parent_run(self.experiment_id, info, storage)
             # Read when the writer gets here (it may be seconds later), not when queued.
             failed = self._from_ledger(lambda: self.ledger.numbers(self.study, "failed"))

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from typing import Any, BinaryIO, Callable
 
+from regsearch import faults
 from regsearch.storage import mask_url, tune_sqlite
 
 
@@ -106,6 +107,8 @@ def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             method, args, kwargs = pickle.load(requests)
         except EOFError:
             return
+        if method == "finish_trials":  # the worker and its writer die with runs unended
+            faults.point("mlflow", with_parent=True)
         try:
             if writer is None:
                 writer = _new_writer(tracking_uri)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 # TensorFlow's C++ start-up chatter drowns the progress display; users can still override.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_QUIET = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "3"
 
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from regsearch.trainers.base import EpochMetrics, StopRules, TrialOutcome  # noqa: E402
@@ -27,8 +30,37 @@ def adaptive_pack_cap(budget: int) -> int:
     return max(1, -(-budget // 4))
 
 
+#: TensorFlow's notices at import, written before it reads its log level from the
+#: environment (so TF_CPP_MIN_LOG_LEVEL set from Python comes too late for them).
+_START_UP_NOTICES = re.compile(r"All log messages before absl::InitializeLog|"
+                               r"^I0000 \S+ +\d+ (port|cpu_feature_guard)\.cc|"
+                               r"^To enable the following instructions")
+
+
+def import_keras() -> None:
+    """Import Keras (and its backend) with TensorFlow's start-up notices left out of
+    stderr; anything else written meanwhile still gets there."""
+    if "keras" in sys.modules or not _QUIET:
+        import keras  # noqa: F401
+        return
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            sys.stderr.write("".join(line for line in text.splitlines(keepends=True)
+                                     if not _START_UP_NOTICES.search(line)))
+
+
 def make_trainer(run: StudyRun):  # noqa: ANN201 - the trainer classes import keras
     """The trainer the study file names (`trainer:`), imported only when needed."""
+    import_keras()
     objective = {"metric": run.objective.metric, "direction": run.objective.direction}
     if run.spec.trainer == "packed":
         from regsearch.trainers.packed import PackedTrainer, choose_pack_size

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from regsearch.spec import EarlyStopping, is_better
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+DIVERGED = "(training diverged)"  # ends the reason of a trial whose numbers went non-finite
 #: Per-trial numbers kept beside the value (Optuna user attrs, ledger columns, MLflow).
 SUMMARY_FIELDS = ("best_epoch", "epochs_run", "seconds", "penalty", "train_loss", "val_loss",
                   "near_zero_share", "test_metric")
@@ -90,7 +91,7 @@ class StopRules:
                if not math.isfinite(getattr(metrics, n))]
         if bad:
             return self._stop(FAILED, f"non-finite {', '.join(bad)} at epoch {metrics.epoch} "
-                                      "(training diverged)")
+                                      f"{DIVERGED}")
         if self.improved(metrics):
             self.best_epoch = metrics.epoch
         if prune(metrics):

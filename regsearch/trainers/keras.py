@@ -37,6 +37,12 @@ def enable_determinism() -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def fit_targets(task: str, y: np.ndarray) -> np.ndarray:
+    """Labels shaped as the model's output: a binary model outputs (N, 1), and Keras's
+    cross-entropy metrics refuse 1-D labels against it."""
+    return y.reshape(-1, 1).astype(np.float32) if task == "binary" else y
+
+
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Inference-mode outputs (dropout off) without `predict`'s per-call set-up."""
     parts = [keras.ops.convert_to_numpy(model(x[i:i + _PREDICT_CHUNK], training=False))
@@ -75,7 +81,8 @@ class KerasTrainer:
         watcher = _EpochWatcher(self, StopRules(self.direction, self.spec.train.early_stopping),
                                 prune)
         try:
-            model.fit(self.data.x_train, self.data.y_train, batch_size=self.spec.train.batch_size,
+            model.fit(self.data.x_train, fit_targets(self.data.task, self.data.y_train),
+                      batch_size=self.spec.train.batch_size,
                       epochs=self.spec.train.epochs, shuffle=True, verbose=0,
                       callbacks=[watcher])
             outcome = watcher.rules.outcome(time.perf_counter() - started)

@@ -521,9 +521,10 @@ class PackedTrainer:
             slot.seconds += share
             val_loss, val_metric = self._evaluate(val_out[k], self.data.y_val)
             l1, l2 = map(np.float32, _effective(slot.config))
-            penalty = float(sum(float(l1 * np.sum(np.abs(w[k]), dtype=np.float32)
-                                      + l2 * np.sum(np.square(w[k]), dtype=np.float32))
-                                for w in hidden))
+            with np.errstate(all="ignore"):  # a diverged member's penalty is inf: it fails
+                penalty = float(sum(float(l1 * np.sum(np.abs(w[k]), dtype=np.float32)
+                                          + l2 * np.sum(np.square(w[k]), dtype=np.float32))
+                                    for w in hidden))
             current = EpochMetrics(epoch=slot.epochs, train_loss=float(train_loss[k]),
                                    val_loss=val_loss, val_metric=val_metric, penalty=penalty)
             keep_going = slot.rules.observe(current, slot.prune)
