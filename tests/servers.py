@@ -111,14 +111,16 @@ def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state.is_finished() and not t.user_attrs.get(UNCOUNTED)]
 
 
-def ledger_rows(url: str, name: str) -> dict[int, tuple[str, str | None]]:
+def ledger_rows(url: str, name: str, *columns: str) -> dict[int, tuple[Any, ...]]:
+    """Trial number -> its ledger row's `columns` (default: state and reason)."""
+    columns = columns or ("state", "reason")
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.text(
-                "SELECT t.number, t.state, t.reason FROM regsearch_trials t JOIN "
-                "regsearch_studies s ON s.id = t.study_id WHERE s.name = :n"), {"n": name})
-            return {number: (state, reason) for number, state, reason in rows}
+                f"SELECT t.number, {', '.join('t.' + c for c in columns)} FROM regsearch_trials "
+                "t JOIN regsearch_studies s ON s.id = t.study_id WHERE s.name = :n"), {"n": name})
+            return {number: tuple(rest) for number, *rest in rows}
     finally:
         engine.dispose()
 

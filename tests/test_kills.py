@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from regsearch.liveness import KILLED_REASONS
-from servers import counted, mlflow_runs, regsearch, role, trials_of, write_study
+from servers import (counted, ledger_rows, mlflow_runs, regsearch, role, trials_of,
+                     write_study)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -37,18 +37,6 @@ CASES = [
 ]
 
 
-def ledger(url: str, name: str) -> dict[int, tuple[str, float | None, str | None]]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT t.number, t.state, t.value, t.reason FROM regsearch_trials t JOIN "
-                "regsearch_studies s ON s.id = t.study_id WHERE s.name = :n"), {"n": name})
-            return {number: (state, value, reason) for number, state, value, reason in rows}
-    finally:
-        engine.dispose()
-
-
 def assert_records_agree(storage: str, mlflow: str, name: str) -> None:
     """Exactly the budget, none left running or waiting, no duplicate; the ledger holds
     every trial with Optuna's state and value; one closed MLflow run per trial."""
@@ -63,10 +51,10 @@ def assert_records_agree(storage: str, mlflow: str, name: str) -> None:
         if trial.state == TrialState.FAIL:
             assert trial.user_attrs.get("uncounted") is True, shown
             assert trial.user_attrs["fail_reason"].startswith(KILLED_REASONS), shown
-    rows = ledger(storage, name)
+    rows = ledger_rows(storage, name, "state", "value")
     assert sorted(rows) == [t.number for t in trials], (rows, shown)
     for trial in trials:
-        state, value, _ = rows[trial.number]
+        state, value = rows[trial.number]
         assert state == STATES[trial.state], (trial.number, rows[trial.number], shown)
         assert (value is None and trial.value is None) or math.isclose(value, trial.value), \
             (trial.number, rows[trial.number], trial.value)

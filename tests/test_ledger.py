@@ -568,17 +568,24 @@ _STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
            TrialState.FAIL: "failed"}
 
 
+def _complete_pruned_and_failed(make_spec: Callable[..., Any], db_url: str) -> tuple[Any, Any]:
+    """Two studies whose trials end every way: digits (trial 1 pruned with `_PruneTrialOne`,
+    the others complete) and diabetes at a learning rate that diverges at once."""
+    digits = make_spec(storage=db_url, mlflow={"enabled": False},
+                       search={"n_trials": 4, "pruner": "none"}, train__epochs=3)
+    diverging = make_spec(name="diverging", storage=db_url, mlflow={"enabled": False},
+                          data={"builtin": "diabetes"}, search={"n_trials": 1, "pruner": "none"},
+                          train={"epochs": 2, "optimizer": "sgd", "learning_rate": 1e6})
+    return digits, diverging
+
+
 @pytest.mark.slow
 def test_real_studies_ledger_matches_optuna_trial_for_trial(db_url, make_spec,
                                                            monkeypatch) -> None:
     from regsearch.trainers import make_trainer
 
     monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
-    digits = make_spec(storage=db_url, mlflow={"enabled": False},
-                       search={"n_trials": 4, "pruner": "none"}, train__epochs=3)
-    diverging = make_spec(name="diverging", storage=db_url, mlflow={"enabled": False},
-                          data={"builtin": "diabetes"}, search={"n_trials": 1, "pruner": "none"},
-                          train={"epochs": 2, "optimizer": "sgd", "learning_rate": 1e6})
+    digits, diverging = _complete_pruned_and_failed(make_spec, db_url)
     runs: list[driver.StudyRun] = []
     rdb = None
     try:
@@ -673,11 +680,7 @@ def test_a_broken_ledger_is_mended_from_optuna_when_the_study_is_opened(db_url, 
     from regsearch.trainers import make_trainer
 
     monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
-    digits = make_spec(storage=db_url, mlflow={"enabled": False},
-                       search={"n_trials": 4, "pruner": "none"}, train__epochs=3)
-    diverging = make_spec(name="diverging", storage=db_url, mlflow={"enabled": False},
-                          data={"builtin": "diabetes"}, search={"n_trials": 1, "pruner": "none"},
-                          train={"epochs": 2, "optimizer": "sgd", "learning_rate": 1e6})
+    digits, diverging = _complete_pruned_and_failed(make_spec, db_url)
     runs: list[driver.StudyRun] = []
     try:
         for spec in (digits, diverging):
