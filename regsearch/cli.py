@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from regsearch.errors import RegsearchError
-from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
+from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, trials_of
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_BUG = 2, 130, 143, 1
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool cut off by it
@@ -66,13 +66,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         running = ("the running trial was" if run.interrupted == 1 else
                    f"the {run.interrupted} running trials were")
-        print(f"regsearch: interrupted; {run.done} of {run.budget} trials are recorded and "
+        print(f"regsearch: interrupted; {trials_of(run.done, run.budget)} are recorded and "
               f"{running} marked failed (not counted); run the same command to continue",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     progress.close()
-    summary = report.summarize(run.study)
-    print(report.render(summary, "table"))
+    print(report.render(report.study_summary(run.study, run.storage_url), "table"))
     report.raise_if_all_diverged(run.study, spec)
     return 0
 
@@ -85,8 +84,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     spec = load_spec(args.study)
     run = driver.open_run(spec, n_trials=args.trials, **_where(args))
     driver.prepare(run)
-    print(f"ok: study {spec.name} is ready in {mask_url(run.storage_url)} ({run.done} of "
-          f"{run.budget} trials done); start workers with: regsearch worker {args.study}")
+    print(f"ok: study {spec.name} is ready in {mask_url(run.storage_url)} "
+          f"({trials_of(run.done, run.budget)} done); start workers with: regsearch worker "
+          f"{args.study}")
     return 0
 
 
@@ -120,7 +120,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         print(f"regsearch: worker recycled after {spec.workers.recycle_after} trials",
               file=sys.stderr, flush=True)
         os.execv(sys.executable, [sys.executable, "-m", "regsearch", *sys.argv[1:]])
-    print(f"regsearch: worker done: the study has {run.done} of {run.budget} trials",
+    print(f"regsearch: worker done: the study has {trials_of(run.done, run.budget)}",
           file=sys.stderr)
     return 0
 
@@ -164,8 +164,30 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from regsearch import report
 
     # Read-only: never creates a database.
-    study = report.load_study(args.name, _where(args)["storage"] or DEFAULT_STORAGE)
-    print(report.render(report.summarize(study, top=args.top), args.format))
+    url = _where(args)["storage"] or DEFAULT_STORAGE
+    study = report.load_study(args.name, url)
+    print(report.render(report.study_summary(study, url, top=args.top), args.format))
+    return 0
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    """Confirm an existing study, with its own spec as the ledger keeps it."""
+    from dataclasses import replace
+
+    from regsearch import driver, report
+    from regsearch.spec import ConfirmSpec
+    from regsearch.trainers import make_trainer
+
+    where = _where(args)
+    url = where["storage"] or DEFAULT_STORAGE
+    spec = report.stored_spec(args.name, url)
+    settings = spec.confirm or ConfirmSpec()
+    settings = replace(settings, **{k: v for k, v in (("top", args.top), ("seeds", args.seeds))
+                                    if v is not None})
+    spec = replace(spec, confirm=settings)
+    run = driver.open_run(spec, storage=url, mlflow=where["mlflow"])
+    driver.confirm_only(run, make_trainer(run))
+    print(report.render(report.study_summary(run.study, url), "table"))
     return 0
 
 
@@ -263,7 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--format", choices=FORMATS, default="table")
     best.add_argument("--top", type=_positive_int, default=5, help="rows in the leaderboard")
     best.set_defaults(handler=_cmd_best)
+
+    confirm = commands.add_parser("confirm", parents=[common],
+                                  help="train a study's top configurations and the default "
+                                       "again over fresh seeds")
+    confirm.add_argument("name", help="study name")
+    confirm.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
+    confirm.add_argument("--mlflow", metavar="URI", help="default $REGSEARCH_MLFLOW, else the "
+                                                         "study's own")
+    confirm.add_argument("--top", type=_positive_int, help="configurations to confirm "
+                                                          "(default: the study file's, 5)")
+    confirm.add_argument("--seeds", type=_at_least_two, help="fresh seeds per configuration "
+                                                            "(default: the study file's, 5)")
+    confirm.set_defaults(handler=_cmd_confirm)
     return parser
+
+
+def _at_least_two(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (a spread needs two seeds), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -43,7 +43,8 @@ __all__ = ["ABANDONED", "DIED", "INTERRUPTED", "STOPPED", "UNCOUNTED", "config_o
            "count_done", "fail_abandoned", "reap_dead", "requeue"]
 
 SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
-UID_ATTR = "regsearch_uid"
+UID_ATTR, TASK_ATTR = "regsearch_uid", "regsearch_task"
+DEFAULT_ATTR = "regsearch_default"  # trial user attr: the unregularized yardstick
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -201,7 +202,7 @@ def _open_records(spec: StudySpec, data: Dataset, objective: Objective, url: str
     heartbeat = None if is_sqlite(url) else (spec.workers.heartbeat_interval,
                                              spec.workers.grace_period)
     rdb = open_storage(url, heartbeat=heartbeat)
-    study = _open_study(spec, objective, rdb, uid, shared=not is_sqlite(url))
+    study = _open_study(spec, objective, rdb, uid, data.task, shared=not is_sqlite(url))
     ledger = Ledger(url)
     ledger.open_study(name=spec.name, spec_hash=spec.spec_hash, spec=spec.to_dict(),
                       description=data.description, metric=objective.metric,
@@ -209,7 +210,7 @@ def _open_records(spec: StudySpec, data: Dataset, objective: Objective, url: str
     points = (space.grid_count(spec.space, spec.search.grid_size)
               if spec.search.sampler == "grid" else 0)
     run = StudyRun(spec, study, data, objective,
-                   n_trials if n_trials is not None else spec.search.budget(points),
+                   n_trials if n_trials is not None else spec.search.budget(points, timeout),
                    timeout if timeout is not None else spec.search.timeout, url, ledger,
                    uid=study.user_attrs.get(UID_ATTR, uid), tracking_uri=tracking_uri)
     mend_ledger(run)
@@ -240,6 +241,22 @@ def prepare(run: StudyRun) -> None:
         recorder.study_opened(run)
     for recorder in run.recorders:
         getattr(recorder, "close", lambda: None)()
+
+
+def confirm_only(run: StudyRun, trainer: Any) -> bool:
+    """`regsearch confirm`: confirm the study as it stands, recorded as a run would; whether
+    this process did it (another may be confirming it)."""
+    from regsearch.confirm import confirm_study
+
+    with hold_sqlite(run.storage_url):
+        for recorder in run.recorders:
+            recorder.study_opened(run)
+        try:
+            with interrupts.deferred_sigint():
+                return confirm_study(run, trainer, _say)
+        finally:
+            for recorder in run.recorders:
+                getattr(recorder, "close", lambda: None)()
 
 
 def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *,
@@ -273,8 +290,13 @@ def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     heartbeat = Heartbeat(run) if run.shared else None
     try:
         with interrupts.deferred_sigint(), _long_lived_frozen():
-            return loop(run, trainer, listeners, deadline, heartbeat,
-                        max_trials if max_trials is not None else float("inf"))
+            recycle = loop(run, trainer, listeners, deadline, heartbeat,
+                           max_trials if max_trials is not None else float("inf"))
+            if not recycle and run.spec.confirm is not None and _search_over(run):
+                from regsearch.confirm import confirm_study
+
+                confirm_study(run, trainer, _say)
+            return recycle
     except DATABASE_ERRORS as exc:
         raise StorageError(
             f"lost the database at {mask_url(run.storage_url)} "
@@ -286,6 +308,20 @@ def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
             heartbeat.stop()
         for recorder in run.recorders:
             getattr(recorder, "close", lambda: None)()
+
+
+def _search_over(run: StudyRun) -> bool:
+    """No trial of any process runs or waits, and at least one completed: the search is
+    over (its budget or its timeout spent) and may be confirmed."""
+    with run.ledger.budget_lock(run.spec.name):
+        reap_dead(run)
+    trials = run.study.get_trials(deepcopy=False)
+    return any(t.state == TrialState.COMPLETE for t in trials) and not any(
+        t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+
+
+def _say(text: str) -> None:
+    print(f"regsearch: {text}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -576,8 +612,10 @@ def _make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.BaseStorage,
-                uid: str, *, shared: bool = False) -> optuna.Study:
-    """Create the study, or load the one `_existing_study` checked (same spec)."""
+                uid: str, task: str, *, shared: bool = False) -> optuna.Study:
+    """Create the study, or load the one `_existing_study` checked (same spec). A new one
+    starts with the unregularized default as its first trial: the yardstick its best is
+    measured against (`space.default_config`)."""
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage,
                                                                         include_best_trial=False)}
     previous = existing.get(spec.name)
@@ -595,8 +633,14 @@ def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.
         study.set_user_attr(SPEC_ATTR, spec.identity())
         study.set_user_attr(HASH_ATTR, spec.spec_hash)
         study.set_user_attr(METRIC_ATTR, objective.metric)
+        study.set_user_attr(TASK_ATTR, task)
+        default = space.default_config(spec.space)
+        if default is not None and spec.search.sampler != "grid":  # a grid holds it already
+            study.enqueue_trial(default.params(), user_attrs={DEFAULT_ATTR: True})
     if study.user_attrs.get(UID_ATTR) is None:  # new, or made before studies had ids
         study.set_user_attr(UID_ATTR, uid)
+    if study.metric_names is None:  # Optuna's CLI and dashboards then name the objective
+        study.set_metric_names([objective.metric])
     return study
 
 

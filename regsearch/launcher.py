@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from regsearch import driver
 from regsearch.devices import gpu_environment, visible_gpus
 from regsearch.errors import SpecError, StorageError
-from regsearch.spec import StudySpec, is_better
+from regsearch.objective import ranked
+from regsearch.spec import UNLIMITED, StudySpec, trials_of
 from regsearch.storage import is_sqlite, mask_url
 
 POLL_SECONDS = 2.0
@@ -93,7 +94,8 @@ def launch(study_file: str, spec: StudySpec, workers: Plan, *, storage: str | No
     gpus = "GPU" + ("s " if len(workers.gpus) > 1 else " ") + ", ".join(workers.gpus)
     print(f"regsearch: {_count(workers.count, 'worker')} on "
           f"{gpus if workers.gpus else 'the CPU'}; study {spec.name}, budget "
-          f"{run.budget} trials, storage {mask_url(url)}", file=sys.stderr, flush=True)
+          f"{'until the timeout' if run.budget >= UNLIMITED else f'{run.budget} trials'}, "
+          f"storage {mask_url(url)}", file=sys.stderr, flush=True)
     return _supervise(run, procs)
 
 
@@ -139,7 +141,25 @@ def _supervise(run: driver.StudyRun, procs: list[subprocess.Popen]) -> int:
         then = ("; the other workers finished the study" if complete
                 else " (its messages are above)")
         print(f"regsearch: worker {index} {how}{then}", file=sys.stderr)
+    if complete:
+        _summary(run)
     return 0 if complete else 1
+
+
+def _summary(run: driver.StudyRun) -> None:
+    """The study's result, as a single-process run prints it."""
+    from regsearch import report
+
+    try:
+        summary = report.study_summary(run.study, run.storage_url)
+    except Exception as exc:  # noqa: BLE001 - `regsearch best` shows it later
+        print(f"regsearch: warning: cannot read the result ({mask_url(str(exc))}); run "
+              f"`regsearch best {run.spec.name}`", file=sys.stderr)
+        return
+    print(report.render(summary, "table"), flush=True)
+    if run.spec.confirm is not None and summary["confirmation"] is None:
+        print(f"regsearch: the confirmation did not finish; run `regsearch confirm "
+              f"{run.spec.name}` to complete it", file=sys.stderr)
 
 
 def _mend(run: driver.StudyRun) -> None:
@@ -176,14 +196,13 @@ def _report(run: driver.StudyRun, shown: tuple | None) -> tuple | None:
         trials = run.study.get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - the workers say what is wrong with the database
         return shown
-    best = None
-    for trial in trials:
-        if trial.value is not None and trial.state.name == "COMPLETE":
-            if best is None or is_better(run.objective.direction, trial.value, best[0]):
-                best = (trial.value, trial.number)
+    complete = [t for t in trials if t.value is not None and t.state == TrialState.COMPLETE]
+    top = ranked(run.objective.direction, complete,
+                 lambda t: (t.value, t.user_attrs.get("val_loss"), t.number))[:1]
+    best = (top[0].value, top[0].number) if top else None
     state = (driver.count_done(trials), best)
     if state != shown:
         text = f", best {run.objective.metric}={best[0]:.4f} (#{best[1]})" if best else ""
-        print(f"regsearch: {state[0]} of {run.budget} trials done{text}", file=sys.stderr,
+        print(f"regsearch: {trials_of(state[0], run.budget)} done{text}", file=sys.stderr,
               flush=True)
     return state

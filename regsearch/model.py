@@ -17,16 +17,31 @@ DATA_LOSS = {
 }
 
 
+#: regularizer type -> the `keras.regularizers` class and its arguments from a config
+_KERAS_REGULARIZERS = {
+    "l1": ("L1", lambda c: {"l1": c.l1}),
+    "l2": ("L2", lambda c: {"l2": c.l2}),
+    "l1_l2": ("L1L2", lambda c: {"l1": c.l1, "l2": c.l2}),
+}
+
+
 def make_regularizer(config: RegConfig) -> keras.regularizers.Regularizer | None:
     """Keras's own L1/L2/L1L2 objects, so an exported model is plain Keras."""
     import keras
 
-    return {
-        "none": lambda: None,
-        "l1": lambda: keras.regularizers.L1(config.l1),
-        "l2": lambda: keras.regularizers.L2(config.l2),
-        "l1_l2": lambda: keras.regularizers.L1L2(l1=config.l1, l2=config.l2),
-    }[config.regularizer]()
+    if config.regularizer == "none":
+        return None
+    name, arguments = _KERAS_REGULARIZERS[config.regularizer]
+    return getattr(keras.regularizers, name)(**arguments(config))
+
+
+def regularizer_source(config: RegConfig) -> str:
+    """`make_regularizer`'s object as the Python a user writes, e.g. keras.regularizers.L2(0.001)."""
+    if config.regularizer == "none":
+        return "None"
+    name, arguments = _KERAS_REGULARIZERS[config.regularizer]
+    return f"keras.regularizers.{name}(" + ", ".join(
+        f"{key}={value:.3g}" for key, value in arguments(config).items()) + ")"
 
 
 def build_model(

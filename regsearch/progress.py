@@ -8,7 +8,8 @@ from typing import TextIO
 
 from regsearch.driver import StudyRun
 from regsearch.space import RegConfig
-from regsearch.spec import is_better
+from regsearch.objective import ranks_above
+from regsearch.spec import UNLIMITED, trials_of
 from regsearch.trainers.base import COMPLETE, EpochMetrics, TrialOutcome
 
 
@@ -18,7 +19,8 @@ class Progress:
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.bar = None
-        self.best: tuple[float, int] | None = None
+        self.best: tuple[float, int] | None = None  # (value, trial number)
+        self._best_rank: tuple[float, float | None] | None = None
         self.direction = "maximize"
         self.metric = "value"
         self.started = time.monotonic()
@@ -29,11 +31,12 @@ class Progress:
         self.direction = run.objective.direction
         done = run.done
         self._say(f"study {run.spec.name}: {run.data.description}; "
-                  f"{done} of {run.budget} trials already done")
+                  f"{trials_of(done, run.budget)} already done")
         if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=run.budget, initial=min(done, run.budget), unit="trial",
+            total = None if run.budget >= UNLIMITED else run.budget
+            self.bar = tqdm(total=total, initial=min(done, run.budget), unit="trial",
                             file=self.stream, dynamic_ncols=True)
 
     def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
@@ -48,8 +51,9 @@ class Progress:
 
     def _trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
         if outcome.state == COMPLETE and outcome.value is not None:
-            if is_better(self.direction, outcome.value, self.best and self.best[0]):
-                self.best = (outcome.value, number)
+            loss = outcome.summary()["val_loss"]
+            if ranks_above(self.direction, (outcome.value, loss), self._best_rank):
+                self.best, self._best_rank = (outcome.value, number), (outcome.value, loss)
         best = f"best {self.metric}={self.best[0]:.4f} (#{self.best[1]})" if self.best else ""
         if self.bar is not None:
             self.bar.set_postfix_str(best + self._time_left(), refresh=False)

@@ -48,6 +48,16 @@ class RegConfig:
         return out
 
 
+DEFAULT = RegConfig("none", dropout=0.0)  # what a model has before anyone regularizes it
+
+
+def default_config(space: SpaceSpec) -> RegConfig | None:
+    """The unregularized default if the space holds it (no regularizer, dropout 0), else
+    None: a search that leaves it out is still measured against it when confirmed."""
+    inside = "none" in space.regularizers and space.dropout.low == 0.0
+    return DEFAULT if inside else None
+
+
 def suggest(trial: Suggester, space: SpaceSpec) -> RegConfig:
     """Sample a config; a strength is sampled only for the types that use it."""
     kind = trial.suggest_categorical("regularizer", list(space.regularizers))

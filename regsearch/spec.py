@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 from regsearch.errors import SpecError
+from regsearch.objective import is_better  # noqa: F401 - where callers have found it
 
 REGULARIZERS = ("none", "l1", "l2", "l1_l2")
 TASKS = ("binary", "multiclass", "regression")
@@ -29,6 +30,7 @@ PRUNERS = ("median", "hyperband", "none")
 TRAINERS = ("keras", "packed")
 PACKED_OPTIMIZERS = ("adam", "sgd")
 DIRECTIONS = ("maximize", "minimize")
+UNLIMITED = 10_000_000  # the budget of a search that only its timeout ends
 DEFAULT_STORAGE = "sqlite:///runs/regsearch.db"
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
@@ -63,15 +65,6 @@ class Objective:
 
     metric: str
     direction: str
-
-
-def is_better(direction: str, candidate: float, incumbent: float | None,
-              margin: float = 0.0) -> bool:
-    """Whether `candidate` beats `incumbent` by more than `margin` (no incumbent: it does)."""
-    if incumbent is None:
-        return True
-    sign = 1.0 if direction == "maximize" else -1.0
-    return sign * (candidate - incumbent) > margin
 
 
 def resolve_objective(spec: StudySpec, task: str) -> Objective:
@@ -169,11 +162,19 @@ class SearchSpec:
     grid_size: int = 3
     pack_size: int | None = None
 
-    def budget(self, grid_points: int) -> int:
-        """Trials to run: `n_trials`, else 20, else the whole grid for `sampler: grid`."""
+    def budget(self, grid_points: int, timeout: float | None = None) -> int:
+        """Trials to run: `n_trials`; else the whole grid for `sampler: grid`; else as many
+        as `timeout` (this one, or the study file's) allows; else 20."""
         if self.n_trials is not None:
             return self.n_trials
-        return grid_points if self.sampler == "grid" else 20
+        if self.sampler == "grid":
+            return grid_points
+        return UNLIMITED if (timeout or self.timeout) else 20
+
+
+def trials_of(done: int, budget: int) -> str:
+    """"7 of 20 trials", or "7 trials" for a search bounded by its timeout alone."""
+    return f"{done} trials" if budget >= UNLIMITED else f"{done} of {budget} trials"
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,16 @@ class MlflowSpec:
 
     tracking_uri: str = DEFAULT_TRACKING_URI
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ConfirmSpec:
+    """After the search, the `top` distinct configurations and the unregularized default
+    are trained again with `seeds` fresh seeds each, and ranked by their mean; not part of
+    a study's identity (changing it changes no trial)."""
+
+    top: int = 5
+    seeds: int = 5
 
 
 @dataclass(frozen=True)
@@ -216,6 +227,7 @@ class StudySpec:
     mlflow: MlflowSpec = MlflowSpec()
     workers: WorkersSpec = WorkersSpec()
     trainer: str = "packed"
+    confirm: ConfirmSpec | None = ConfirmSpec()
     source: str = field(default="<spec>", compare=False)
 
     def identity(self) -> dict[str, Any]:
@@ -248,7 +260,7 @@ class StudySpec:
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TOP_KEYS = ("name", "seed", "data", "model", "space", "train", "objective", "search",
-             "storage", "mlflow", "workers", "trainer")
+             "confirm", "storage", "mlflow", "workers", "trainer")
 _DATA_KEYS = ("builtin", "file", "target", "synthetic", "validation_fraction", "test_fraction")
 _SYNTHETIC_KEYS = ("task", "samples", "features", "classes", "informative", "noise")
 
@@ -579,6 +591,15 @@ def _parse_workers(f: _Fields) -> WorkersSpec:
     return spec
 
 
+def _parse_confirm(top: _Fields) -> ConfirmSpec | None:
+    """`confirm: {top: K, seeds: R}`; absent: the defaults; `confirm: null`: off."""
+    if "confirm" in top.raw and top.raw["confirm"] is None:
+        return None
+    f = top.sub("confirm", ("top", "seeds"))
+    return ConfirmSpec(top=f.get("top", _integer(1, 100), 5),
+                       seeds=f.get("seeds", _integer(2, 100), 5))
+
+
 def _parse_search(f: _Fields) -> SearchSpec:
     timeout = f.get("timeout", _positive, None)
     spec = SearchSpec(
@@ -618,6 +639,7 @@ def parse_spec(raw: Any, *, source: str = "<spec>", base: Path | None = None) ->
         workers=_parse_workers(top.sub("workers", ("heartbeat_interval", "grace_period",
                                                    "max_retries", "recycle_after"))),
         trainer=top.get("trainer", _choice(TRAINERS), "default"),
+        confirm=_parse_confirm(top),
         source=source,
     )
     if spec.trainer == "default":  # packed where it can: the same training, many times faster

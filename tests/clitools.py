@@ -26,9 +26,10 @@ def study_dict(name: str, storage: str, **sections: dict[str, Any]) -> dict[str,
         "train": {"epochs": 3, "batch_size": 128},
         "search": {"n_trials": 3, "pruner": "none"},
         "storage": storage,
+        "confirm": None,  # tests of confirmation turn it on
     }
     for key, value in sections.items():
-        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        spec[key] = {**(spec.get(key) or {}), **value} if isinstance(value, dict) else value
     return spec
 
 

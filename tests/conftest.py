@@ -32,6 +32,7 @@ def tiny_study(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "search": {"n_trials": 4, "pruner": "none"},
         "storage": f"sqlite:///{tmp_path / 'study.db'}",
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "confirm": None,  # tests of confirmation turn it on
     }
     for dotted, value in overrides.items():
         node = raw

@@ -67,13 +67,14 @@ class FreshDatabases:
 
 def write_study(folder: Path, name: str, *, trials: int, epochs: int = 3,
                 trainer: str | None = None, pack_size: int | None = None,
-                **workers: Any) -> Path:
+                confirm: dict[str, int] | None = None, **workers: Any) -> Path:
     spec: dict[str, Any] = {
         "name": name, "seed": 5, "data": {"builtin": "digits"},
         "model": {"hidden_units": [16]},
         "train": {"epochs": epochs, "batch_size": 128, "learning_rate": 0.01},
         "search": {"n_trials": trials, "pruner": "none"},
         "workers": {"heartbeat_interval": 1, "grace_period": 4, **workers},
+        "confirm": confirm,  # None (off) unless a test is about confirmation
     }
     if trainer:
         spec["trainer"] = trainer

@@ -22,7 +22,7 @@ from regsearch.trainers import make_trainer
 import keras
 spec = parse_spec({"name": "c", "data": {"builtin": "digits"}, "model": {"hidden_units": [8]},
                    "train": {"epochs": 1, "batch_size": 256}, "trainer": "packed",
-                   "search": {"n_trials": 8},
+                   "search": {"n_trials": 8}, "confirm": None,
                    "storage": "sqlite:///" + sys.argv[1] + "/s.db"}, source="test")
 trainer = make_trainer(open_run(spec))
 trainer.assign(RegConfig("l2", l2=1e-3), seed=1, prune=lambda m: False)

@@ -204,7 +204,8 @@ def test_bad_data_is_refused_before_storage_is_created(make_spec, tmp_path) -> N
 def test_trial_details_take_one_transaction_with_the_installed_optuna(make_spec) -> None:
     """The batched path (Optuna's private per-row writers) must still exist; else ~30
     commits per trial come back silently. Both paths must write the same records."""
-    study_run = driver.open_run(make_spec())
+    # (no default trial queued: the space leaves it out; asks make plain trials)
+    study_run = driver.open_run(make_spec(space={"regularizers": ["l2"]}))
     assert study_io.can_batch(study_run.study._storage._backend)
     batched, public = study_run.study.ask(), study_run.study.ask()
     attrs, steps = {"fail_reason": "x", "seconds": 1.5}, {1: 0.25, 2: 0.5}

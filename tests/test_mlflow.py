@@ -69,6 +69,7 @@ def study_file(folder: Path, name: str, *, storage: str, tracking_uri: str,
         "search": {"n_trials": 3, "pruner": "none", **(search or {})},
         "storage": storage,
         "mlflow": {"tracking_uri": tracking_uri},
+        "confirm": None,
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
@@ -928,7 +929,7 @@ def test_the_training_process_never_imports_mlflow(make_spec, tmp_path: Path) ->
     spec_path = tmp_path / "tiny.json"
     spec_path.write_text(json.dumps({
         "name": "apart", "data": {"builtin": "digits"}, "model": {"hidden_units": [8]},
-        "train": {"epochs": 1, "batch_size": 256}, "search": {"n_trials": 3},
+        "train": {"epochs": 1, "batch_size": 256}, "search": {"n_trials": 3}, "confirm": None,
         "storage": sqlite_url(tmp_path / "study.db"),
         "mlflow": {"tracking_uri": sqlite_url(tmp_path / "mlflow.db")}}))
     script = (

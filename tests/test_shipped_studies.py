@@ -29,7 +29,7 @@ def test_a_shipped_study_runs_with_each_trainer(tmp_path: Path, path: Path,
     raw["train"]["epochs"] = 2  # the study as shipped, shortened
     raw["search"].update(n_trials=2, pruner="none")
     raw.update(trainer=trainer, storage=f"sqlite:///{tmp_path / 's.db'}",
-               mlflow={"enabled": False})
+               mlflow={"enabled": False}, confirm=None)
     run = driver.open_run(parse_spec(raw, source=path.name, base=path.parent))
     driver.run_study(run, make_trainer(run))
     trials = run.study.get_trials()

@@ -354,8 +354,8 @@ def test_spec_error_is_a_regsearch_error() -> None:
 # --------------------------------------------------------------------------- bad values
 
 REG_ALLOWED = "allowed values are: none, l1, l2, l1_l2"
-TOP_KEYS = ("allowed keys here are: data, mlflow, model, name, objective, search, seed, space, "
-            "storage, train, trainer")
+TOP_KEYS = ("allowed keys here are: confirm, data, mlflow, model, name, objective, search, seed, "
+            "space, storage, train, trainer, workers")
 MAPPING = "expected a mapping of keys to values"
 
 # (changes applied to BASE, field path in the message, text the message must contain)

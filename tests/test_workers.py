@@ -20,9 +20,9 @@ from regsearch import driver
 from regsearch.driver import DIED, STOPPED, UNCOUNTED
 from regsearch.spec import load_spec
 from regsearch.trainers import make_trainer
-from servers import (TIMEOUT, Relay, check_agreement, counted, init_and_start_worker,
-                     ledger_rows, ledger_run_id, mlflow_trials, regsearch, trials_of,
-                     wait_for_running, write_study, assert_one_gpu_per_worker)
+from servers import (TIMEOUT, Relay, assert_one_gpu_per_worker, check_agreement, counted,
+                     init_and_start_worker, ledger_rows, ledger_run_id, mlflow_runs,
+                     mlflow_trials, regsearch, role, trials_of, wait_for_running, write_study)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -332,3 +332,28 @@ def test_a_worker_recycles_its_process_after_its_quota(tmp_path, fresh_db) -> No
     assert output.count("worker recycled after 1 trials") == 2, output
     assert "worker done: the study has 3 of 3 trials" in output, output
     check_agreement(storage, mlflow, "recycled", 3)
+
+
+def test_three_workers_confirm_the_study_exactly_once(tmp_path, fresh_db) -> None:
+    """Every worker finds the search over at the same moment; one takes the confirmation
+    lock and confirms, the others leave. Each configuration and seed is trained once."""
+    storage, mlflow = fresh_db("postgresql"), fresh_db("postgresql")
+    study = write_study(tmp_path, "confirmed", trials=6, confirm={"top": 2, "seeds": 2},
+                        heartbeat_interval=2, grace_period=120)
+    proc = regsearch(tmp_path, "run", study.name, "--workers", 3, storage=storage,
+                     mlflow=mlflow)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.count("regsearch: confirming") == 1, proc.stderr
+    rows = sa.create_engine(storage)
+    with rows.connect() as conn:
+        confirmed = conn.exec_driver_sql(
+            "SELECT config_key, seed_index, state, mlflow_run_id FROM regsearch_confirmations"
+        ).all()
+    rows.dispose()
+    configs = {key for key, *_ in confirmed}
+    assert len(configs) in (2, 3) and len(confirmed) == 2 * len(configs)
+    assert len({(key, seed) for key, seed, *_ in confirmed}) == len(confirmed)
+    assert all(state == "complete" and run_id for *_, state, run_id in confirmed), confirmed
+    runs = role(mlflow_runs(mlflow, "confirmed"), "confirmation")
+    assert sorted(r.info.run_id for r in runs) == sorted(run_id for *_, run_id in confirmed)
+    assert "best, confirmed over 2 seeds" in proc.stdout, proc.stdout

@@ -7,7 +7,6 @@ a view of these rows and can be rebuilt from them (`regsearch sync`).
 from __future__ import annotations
 
 import json
-import math
 import socket
 import time
 from contextlib import contextmanager
@@ -16,109 +15,17 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import (DeclarativeBase, Mapped, Session, mapped_column, relationship,
-                            selectinload)
+from sqlalchemy.orm import Session, selectinload
 
 from regsearch.errors import StorageError
 from regsearch.space import RegConfig
+from regsearch.recorders.tables import (RUNNING, SCHEMA_VERSION, Base, EpochRow, LockRow,
+                                        MetaRow, StudyRow, TrialRow, finite, now)
 from regsearch.storage import engine_kwargs, mask_url, tune_sqlite
 from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
 
-SCHEMA_VERSION = 1
-RUNNING = "running"
-# MySQL/MariaDB DATETIME drops fractions of a second unless asked for 6 digits.
-Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 _RESULT_FIELDS = ("value", "reason", "finished", "best_epoch", "train_loss", "val_loss",
                   "penalty", "near_zero_share", "test_metric", "seconds", "mlflow_run_id")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _finite(value: float | None) -> float | None:
-    """NaN/inf become NULL: MySQL cannot store them, and SQL aggregates would choke."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class MetaRow(Base):
-    __tablename__ = "regsearch_meta"
-    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(sa.String(255))
-
-
-class StudyRow(Base):
-    __tablename__ = "regsearch_studies"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
-    spec_hash: Mapped[str] = mapped_column(sa.String(64))
-    spec: Mapped[str] = mapped_column(sa.Text)
-    created: Mapped[datetime] = mapped_column(Timestamp, default=_now)
-    data_description: Mapped[str] = mapped_column(sa.Text)
-    metric: Mapped[str] = mapped_column(sa.String(32))
-    direction: Mapped[str] = mapped_column(sa.String(8))
-    trials: Mapped[list[TrialRow]] = relationship(back_populates="study",
-                                                  order_by="TrialRow.number")
-
-
-class LockRow(Base):
-    """One row per study, locked while a process checks the budget and asks for trials.
-
-    A table of its own, with no foreign keys: inserting trial rows must not wait on it.
-    """
-
-    __tablename__ = "regsearch_locks"
-    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
-
-
-class TrialRow(Base):
-    __tablename__ = "regsearch_trials"
-    __table_args__ = (sa.UniqueConstraint("study_id", "number"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_studies.id"), index=True)
-    number: Mapped[int]
-    state: Mapped[str] = mapped_column(sa.String(16))
-    regularizer: Mapped[str] = mapped_column(sa.String(8))
-    l1: Mapped[float] = mapped_column(sa.Double)
-    l2: Mapped[float] = mapped_column(sa.Double)
-    dropout: Mapped[float] = mapped_column(sa.Double)
-    value: Mapped[float | None] = mapped_column(sa.Double)
-    best_epoch: Mapped[int | None]
-    train_loss: Mapped[float | None] = mapped_column(sa.Double)
-    val_loss: Mapped[float | None] = mapped_column(sa.Double)
-    penalty: Mapped[float | None] = mapped_column(sa.Double)
-    near_zero_share: Mapped[float | None] = mapped_column(sa.Double)
-    test_metric: Mapped[float | None] = mapped_column(sa.Double)
-    epochs_run: Mapped[int] = mapped_column(default=0)
-    seconds: Mapped[float | None] = mapped_column(sa.Double)
-    worker_host: Mapped[str] = mapped_column(sa.String(255))
-    mlflow_run_id: Mapped[str | None] = mapped_column(sa.String(64))
-    mlflow_synced: Mapped[bool] = mapped_column(default=False)
-    reason: Mapped[str | None] = mapped_column(sa.Text)
-    started: Mapped[datetime] = mapped_column(Timestamp, default=_now)
-    finished: Mapped[datetime | None] = mapped_column(Timestamp)
-    study: Mapped[StudyRow] = relationship(back_populates="trials")
-    epochs: Mapped[list[EpochRow]] = relationship(order_by="EpochRow.epoch",
-                                                  cascade="all, delete-orphan")
-
-    @property
-    def config(self) -> RegConfig:
-        return RegConfig(self.regularizer, l1=self.l1, l2=self.l2, dropout=self.dropout)
-
-
-class EpochRow(Base):
-    __tablename__ = "regsearch_epochs"
-    trial_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_trials.id"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(primary_key=True)
-    train_loss: Mapped[float | None] = mapped_column(sa.Double)
-    val_loss: Mapped[float | None] = mapped_column(sa.Double)
-    val_metric: Mapped[float | None] = mapped_column(sa.Double)
-    penalty: Mapped[float | None] = mapped_column(sa.Double)
 
 
 @dataclass(frozen=True)
@@ -140,11 +47,11 @@ class TrialRecord:
     @classmethod
     def from_outcome(cls, study: str, number: int, config: RegConfig,
                      outcome: TrialOutcome) -> TrialRecord:
-        summary = {k: _finite(v) if isinstance(v, float) else v
+        summary = {k: finite(v) if isinstance(v, float) else v
                    for k, v in outcome.summary().items()}
-        finished = _now()
+        finished = now()
         return cls(study=study, number=number, state=outcome.state, config=config,
-                   value=_finite(outcome.value), reason=outcome.reason,
+                   value=finite(outcome.value), reason=outcome.reason,
                    summary=summary, epochs=tuple(outcome.history),
                    started=finished - timedelta(seconds=outcome.seconds), finished=finished)
 
@@ -234,7 +141,7 @@ class Ledger:
                 study_id = study_id or self._study_id(session, study)
                 row = rows[number] = TrialRow(study_id=study_id, number=number)
                 session.add(row)
-            row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), _now()
+            row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), now()
             row.regularizer, row.l1, row.l2, row.dropout = (
                 config.regularizer, config.l1, config.l2, config.dropout)
             # A re-run trial starts clean: nothing of an earlier attempt may look current.
@@ -260,14 +167,14 @@ class Ledger:
                 row = rows.get(number)
                 if row is None:  # never started, and no config to start it with
                     continue
-                row.state, row.reason, row.finished = outcome.state, outcome.reason, _now()
-                row.value = _finite(outcome.value)
+                row.state, row.reason, row.finished = outcome.state, outcome.reason, now()
+                row.value = finite(outcome.value)
                 for key, value in outcome.summary().items():
-                    setattr(row, key, _finite(value) if isinstance(value, float) else value)
-                row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=_finite(m.train_loss),
-                                          val_loss=_finite(m.val_loss),
-                                          val_metric=_finite(m.val_metric),
-                                          penalty=_finite(m.penalty)) for m in outcome.history]
+                    setattr(row, key, finite(value) if isinstance(value, float) else value)
+                row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=finite(m.train_loss),
+                                          val_loss=finite(m.val_loss),
+                                          val_metric=finite(m.val_metric),
+                                          penalty=finite(m.penalty)) for m in outcome.history]
 
     def fail_running(self, study: str, trials: Mapping[int, RegConfig], reason: str) -> None:
         """Trials a dead process left `running` are failed with the reason, as in Optuna.
@@ -282,7 +189,7 @@ class Ledger:
             for number in trials:
                 if rows[number].state == RUNNING:
                     rows[number].state, rows[number].reason = "failed", reason
-                    rows[number].finished = _now()
+                    rows[number].finished = now()
 
     def mend(self, study: str, records: Sequence[TrialRecord]) -> int:
         """Rewrite the rows that disagree with these finished trials (as Optuna has them)
@@ -292,7 +199,7 @@ class Ledger:
             held = {number: (state, value) for number, state, value in session.execute(
                 sa.select(TrialRow.number, TrialRow.state, TrialRow.value).join(StudyRow)
                 .where(StudyRow.name == study))}
-        stale = [r for r in records if held.get(r.number) != (r.state, _finite(r.value))]
+        stale = [r for r in records if held.get(r.number) != (r.state, finite(r.value))]
         if not stale:
             return 0
         mended = 0
@@ -301,28 +208,28 @@ class Ledger:
             for record in stale:
                 row = rows.get(record.number)
                 if row is not None and (row.state, row.value) == (record.state,
-                                                                  _finite(record.value)):
+                                                                  finite(record.value)):
                     continue  # its own process wrote it meanwhile
                 if row is None:
                     row = self._start_rows(session, study, [(record.number, record.config)],
                                            rows)[record.number]
-                    row.worker_host, row.started = "", record.started or _now()
+                    row.worker_host, row.started = "", record.started or now()
                 self._mend_row(row, record)
                 mended += 1
         return mended
 
     @staticmethod
     def _mend_row(row: TrialRow, record: TrialRecord) -> None:
-        row.state, row.value, row.reason = record.state, _finite(record.value), record.reason
-        row.finished = record.finished or _now()
+        row.state, row.value, row.reason = record.state, finite(record.value), record.reason
+        row.finished = record.finished or now()
         for key, value in record.summary.items():
             if value is not None:
-                setattr(row, key, _finite(value) if isinstance(value, float) else value)
+                setattr(row, key, finite(value) if isinstance(value, float) else value)
         if not row.epochs:
-            row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=_finite(m.train_loss),
-                                      val_loss=_finite(m.val_loss),
-                                      val_metric=_finite(m.val_metric),
-                                      penalty=_finite(m.penalty)) for m in record.epochs]
+            row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=finite(m.train_loss),
+                                      val_loss=finite(m.val_loss),
+                                      val_metric=finite(m.val_metric),
+                                      penalty=finite(m.penalty)) for m in record.epochs]
         row.mlflow_synced = False
 
     def set_mlflow(self, study: str, runs: Mapping[int, str | None], synced: bool) -> None:
@@ -364,12 +271,14 @@ class Ledger:
                 yield _record(study, row)
 
     def best(self, study: str, direction: str) -> TrialRecord | None:
-        """The complete trial with the best value (the lowest number among equals)."""
+        """The complete trial that ranks first (`regsearch.objective`)."""
         order = TrialRow.value.desc() if direction == "maximize" else TrialRow.value.asc()
-        with Session(self.engine) as session:
+        with Session(self.engine) as session:  # `regsearch.objective`'s rule, in SQL
             row = session.scalar(sa.select(TrialRow).join(StudyRow).where(
                 StudyRow.name == study, TrialRow.state == "complete",
-                TrialRow.value.is_not(None)).order_by(order, TrialRow.number).limit(1))
+                TrialRow.value.is_not(None)).order_by(
+                order, TrialRow.val_loss.is_(None), TrialRow.val_loss.asc(),
+                TrialRow.number).limit(1))
             return None if row is None else _record(study, row)
 
     def unsynced(self, study: str) -> int:

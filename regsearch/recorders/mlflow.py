@@ -33,11 +33,12 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
 from regsearch.recorders.mlflow_batch import BatchWriter, NewRun, RunEnd  # noqa: E402
+from regsearch.recorders.mlflow_confirm import SOURCE_TAG, ConfirmationWrites  # noqa: E402
 from regsearch.recorders.mlflow_identity import UID_TAG, check_owner  # noqa: E402
 from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
 from regsearch.recorders.mlflow_store import seed_new_store  # noqa: E402
 from regsearch.space import RegConfig  # noqa: E402
-from regsearch.spec import is_better  # noqa: E402
+from regsearch.objective import is_better, ranks_above  # noqa: E402
 from regsearch.storage import DATABASE_ERRORS, mask_url  # noqa: E402
 from regsearch.trainers.base import EpochMetrics  # noqa: E402
 
@@ -72,7 +73,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-class MlflowWriter:
+class MlflowWriter(ConfirmationWrites):
     """Synchronous MLflow writes; shared by live recording and `regsearch sync`."""
 
     def __init__(self, tracking_uri: str) -> None:
@@ -148,18 +149,21 @@ class MlflowWriter:
 
         The completion tag comes with the last write (one transaction each): a run that has
         it has everything; one cut off before is rebuilt by `sync`."""
-        ends = []
-        for run_id, record in finished:
-            stamp = _ms(record.finished) or int(time.time() * 1000)
-            metrics = _epoch_points(record.epochs, metric, stamp)
-            metrics += [Metric(f"final_{k}", float(v), stamp, 0)
-                        for k, v in record.summary.items() if v is not None]
-            if record.value is not None:
-                metrics.append(Metric("value", record.value, stamp, 0))
-            ends.append(RunEnd(run_id, _status(record), _ms(record.finished), metrics, {
-                STATE: record.state, "regsearch.reason": record.reason or "", DONE: "true"}))
+        ends = [self._run_end(run_id, record, metric) for run_id, record in finished]
         self._batched(lambda batch: batch.finish_runs(ends),
                       lambda: [self._finish_run(end) for end in ends])
+
+    @staticmethod
+    def _run_end(run_id: str, record: TrialRecord, metric: str) -> RunEnd:
+        """A run's end from its record: epochs, final numbers, status and state tags."""
+        stamp = _ms(record.finished) or int(time.time() * 1000)
+        metrics = _epoch_points(record.epochs, metric, stamp)
+        metrics += [Metric(f"final_{k}", float(v), stamp, 0)
+                    for k, v in record.summary.items() if v is not None]
+        if record.value is not None:
+            metrics.append(Metric("value", record.value, stamp, 0))
+        return RunEnd(run_id, _status(record), _ms(record.finished), metrics, {
+            STATE: record.state, "regsearch.reason": record.reason or "", DONE: "true"})
 
     def _finish_run(self, end: RunEnd) -> None:
         self.client.set_terminated(end.run_id, end.status, end_time=end.end_time)
@@ -230,8 +234,11 @@ class MlflowWriter:
         """
         key = f"best_{metric}"
         history = self.client.get_metric_history(parent_id, key)
+        shown = self.client.get_run(parent_id).data
+        val_loss = record.summary.get("val_loss")
+        if shown.tags.get(SOURCE_TAG) == "confirmation":
+            return  # the confirmed winner is the study's best, not a single-seed score
         if settle:
-            shown = self.client.get_run(parent_id).data
             if (shown.tags.get("best.trial"), shown.metrics.get(key)) == (str(record.number),
                                                                           record.value):
                 return
@@ -240,12 +247,17 @@ class MlflowWriter:
             for point in history:
                 if is_better(direction, point.value, held):
                     held = point.value
-            if not is_better(direction, record.value, held):
+            # a tie with the held value is broken by the validation loss the parent names
+            held_loss = (_number(shown.tags.get("best.val_loss"))
+                         if held is not None and shown.metrics.get(key) == held else None)
+            if not ranks_above(direction, (record.value, val_loss),
+                               None if held is None else (held, held_loss)):
                 return
         config = record.config
         tags = {"best.trial": str(record.number), "best.regularizer": config.regularizer,
                 "best.l1": str(config.l1), "best.l2": str(config.l2),
-                "best.dropout": str(config.dropout)}
+                "best.dropout": str(config.dropout),
+                **({"best.val_loss": str(val_loss)} if val_loss is not None else {})}
         step = max([record.number, *(point.step for point in history)])
         self._log(parent_id, metrics=[Metric(key, record.value,
                                              int(time.time() * 1000), step)], tags=tags)
@@ -302,6 +314,13 @@ class MlflowWriter:
             self.client.log_batch(run_id, metrics=metrics[i * _BATCH:(i + 1) * _BATCH],
                                   params=param_list[i * 100:(i + 1) * 100],
                                   tags=tag_list if i == calls - 1 else [])
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _epoch_points(epochs: Iterable[EpochMetrics], metric: str, stamp: int) -> list[Metric]:

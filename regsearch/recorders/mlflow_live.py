@@ -21,10 +21,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, TextIO, TypeVar
 
+from optuna.trial import TrialState
+
+from regsearch.objective import ranked, ranks_above
 from regsearch.recorders.ledger import Ledger, TrialRecord
 from regsearch.recorders.mlflow_process import WriterProcess, problem_line
 from regsearch.space import RegConfig, from_params
-from regsearch.spec import is_better
 from regsearch.storage import DATABASE_ERRORS, mask_url
 from regsearch.trainers.base import EpochMetrics
 
@@ -64,7 +66,7 @@ class MlflowRecorder:
         self.experiment_id = self.parent_id = ""
         self.optuna_study: Any = None
         self.run_ids: dict[int, str] = {}
-        self.best: float | None = None
+        self.best: tuple[float, float | None] | None = None  # (value, val_loss)
 
     # ---------------------------------------------------------------- listener
 
@@ -74,10 +76,9 @@ class MlflowRecorder:
         self.direction = info["direction"]
         self.optuna_study = run.study
         storage, uid = run.storage_url, run.uid
-        try:  # a resumed study must not let a worse trial become "best" in the parent
-            self.best = run.study.best_value
-        except ValueError:
-            self.best = None
+        # a resumed study must not let a worse trial become "best" in the parent
+        best = self._study_best()
+        self.best = None if best is None else (best.value, best.summary.get("val_loss"))
 
         def open_study() -> None:
             self.experiment_id = self.writer.experiment(self.study, uid)
@@ -144,6 +145,27 @@ class MlflowRecorder:
         if best is not None:
             self.writer.set_best(self.parent_id, best, self.metric, self.direction)
 
+    def confirmations_ended(self, batch: list[tuple[Any, Any]]) -> None:
+        """Confirmation runs that ended ((planned run, outcome)): a finished MLflow run each,
+        nested under the parent; the ledger learns their ids."""
+        items = [(run, TrialRecord.from_outcome(self.study, -1 if run.trial is None else
+                                                run.trial, run.config, outcome))
+                 for run, outcome in batch]
+
+        def write() -> None:
+            from regsearch.recorders.confirmations import Confirmations
+
+            ids = self.writer.write_confirmations(self.experiment_id, self.parent_id,
+                                                  self.study, items, self.metric)
+            runs = {(run.key, run.seed_index): run_id for (run, _), run_id in zip(items, ids)}
+            self._from_ledger(lambda: Confirmations(self.ledger).set_mlflow(self.study, runs))
+        self._submit(write)
+
+    def confirmed(self, winner: dict[str, Any], verdict: str) -> None:
+        """The confirmation's winner becomes the parent's best."""
+        self._submit(lambda: self.writer.set_confirmed(self.parent_id, winner, verdict,
+                                                       self.metric))
+
     def trials_killed(self, numbers: list[int]) -> None:
         """Trials of a dead worker (failed by this process): their runs end KILLED."""
         def kill() -> None:
@@ -169,13 +191,20 @@ class MlflowRecorder:
     # ---------------------------------------------------------------- internals
 
     def _study_best(self) -> TrialRecord | None:
-        """The best trial of the whole study (all workers'), as the study database has it."""
+        """The best trial of the whole study (all workers'), as the study database has it,
+        ranked by `regsearch.objective`'s rule."""
         try:
-            trial = self.optuna_study.best_trial
-        except Exception:  # noqa: BLE001 - none complete yet, or the database is gone
+            trials = self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        except Exception:  # noqa: BLE001 - the database is gone
             return None
+        top = ranked(self.direction, [t for t in trials if t.value is not None],
+                     lambda t: (t.value, t.user_attrs.get("val_loss"), t.number))
+        if not top:
+            return None
+        trial = top[0]
         return TrialRecord(self.study, trial.number, "complete", from_params(trial.params),
-                           value=trial.value)
+                           value=trial.value,
+                           summary={"val_loss": trial.user_attrs.get("val_loss")})
 
     def _from_ledger(self, call: Callable[[], T]) -> T | None:
         """A ledger read or write of this thread; None if the database is gone.
@@ -189,8 +218,9 @@ class MlflowRecorder:
             return None
 
     def _better(self, record: TrialRecord) -> bool:
-        if is_better(self.direction, record.value, self.best):
-            self.best = record.value
+        rank = (record.value, record.summary.get("val_loss"))
+        if ranks_above(self.direction, rank, self.best):
+            self.best = rank
             return True
         return False
 

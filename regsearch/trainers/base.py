@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from regsearch.spec import EarlyStopping, is_better
+from regsearch.objective import is_better, ranks_above
+from regsearch.spec import EarlyStopping
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 DIVERGED = "(training diverged)"  # ends the reason of a trial whose numbers went non-finite
@@ -101,8 +102,15 @@ class StopRules:
         return True
 
     def improved(self, metrics: EpochMetrics) -> bool:
+        """Better by early stopping's `min_delta`, or as good with a lower validation data
+        loss (`regsearch.objective`: ties are not kept by the earlier epoch)."""
         margin = self.early.min_delta if self.early else 0.0
-        return is_better(self.direction, metrics.val_metric, self.best_value, margin)
+        if is_better(self.direction, metrics.val_metric, self.best_value, margin):
+            return True
+        best = self.history[self.best_epoch - 1] if self.best_epoch else None
+        return best is not None and metrics.val_metric == best.val_metric and \
+            ranks_above(self.direction, (metrics.val_metric, metrics.val_loss),
+                        (best.val_metric, best.val_loss))
 
     def _stop(self, state: str, reason: str) -> bool:
         self.state, self.reason = state, reason

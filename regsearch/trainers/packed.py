@@ -438,6 +438,12 @@ class PackedTrainer:
         self._y_train = np.asarray(data.y_train)
         self._tf_epoch: _TensorFlowEpoch | None = None
 
+    def reseed(self, seed: int) -> None:
+        """Batches and dropout noise from `seed` from now on (confirmation runs: a fresh
+        seed is new shuffling and noise as well as new initial weights)."""
+        self.rng = np.random.default_rng(seed)
+        self.noise_rng = np.random.default_rng([seed, 1])
+
     # ------------------------------------------------------------------ slots
 
     def free_slots(self) -> list[int]:

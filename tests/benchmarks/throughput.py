@@ -88,6 +88,7 @@ def study_dict(opts: argparse.Namespace, workdir: Path, trainer: str = "keras") 
         "storage": f"sqlite:///{workdir / 'study.db'}",
         "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}"},
         "trainer": trainer,
+        "confirm": None,  # the search alone, as the peers run it
     }
 
 

@@ -56,7 +56,7 @@ def study(name: str, opts: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {"name": name, "seed": 1, "data": {"builtin": "digits"},
             "model": {"hidden_units": [64, 64, 64]},
             "train": {"epochs": opts.epochs, "batch_size": 64, "learning_rate": 0.003},
-            "search": {"n_trials": opts.trials, "pruner": "none"},
+            "search": {"n_trials": opts.trials, "pruner": "none"}, "confirm": None,
             **({"trainer": opts.trainer} if getattr(opts, "trainer", None) else {}), **extra}
 
 
