@@ -125,8 +125,9 @@ def confirm_study(run: StudyRun, trainer: Any, say: Callable[[str], None]) -> bo
         todo = [r for r in runs if (r.key, r.seed_index) not in done]
         if todo:
             configs = len({r.key for r in runs})
-            say(f"confirming {configs} configuration{"s" if configs > 1 else ""} (the search's top {settings.top} and "
-                f"the default) with {settings.seeds} fresh seeds each: {len(todo)} runs"
+            plural = "s" if configs > 1 else ""
+            say(f"confirming {configs} configuration{plural} (the search's top {settings.top} "
+                f"and the default) with {settings.seeds} fresh seeds each: {len(todo)} runs"
                 + (f", {len(done)} done before" if done else ""))
 
         def ended(batch: list[tuple[PlannedRun, TrialOutcome]]) -> None:
