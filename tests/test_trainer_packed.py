@@ -310,7 +310,7 @@ def test_dropout_masks_with_the_epoch_programs_noise(make_spec, monkeypatch,
                                                      host_noise) -> None:
     """NumPy's draws are the masks (all-zero draws drop every unit, so the hidden kernels
     get no gradient); past the size cap the model draws its own and the kernels train."""
-    import regsearch.trainers.packed as packed
+    import regsearch.trainers.packed.trainer as packed
 
     if not host_noise:
         monkeypatch.setattr(packed, "_HOST_NOISE_MAX", 0)
