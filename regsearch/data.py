@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from regsearch.errors import DataError
+from regsearch.folds import Fold, View, fold_view, make_folds, standardization
 from regsearch.spec import BUILTIN_DATASETS, TASKS, DataSpec, SyntheticSpec
 
 MAX_CLASSES_INFERRED = 50
@@ -55,10 +56,33 @@ class Dataset:
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
 
+    #: k-fold cross-validation (`regsearch.folds`): each fold's rows and statistics
+    folds: tuple[Fold, ...] = ()
+    #: models of one trial trained on this split from different initial weights
+    repeats: int = 1
+    x_raw: np.ndarray | None = field(default=None, repr=False)  # all rows, with folds
+    y_raw: np.ndarray | None = field(default=None, repr=False)
+    test_rows: np.ndarray | None = field(default=None, repr=False)
+
     @property
     def output_units(self) -> int:
         """Width of the model's last layer: one logit/value, or one per class."""
         return self.n_classes if self.task == "multiclass" else 1
+
+    @property
+    def members(self) -> int:
+        """Models that score one trial: its folds, its repeats, or one."""
+        return len(self.folds) or self.repeats
+
+    def views(self) -> list[View]:
+        """What each of a trial's models trains and is scored on, standardized for it."""
+        if not self.folds:
+            return [View(self.x_train, self.y_train, self.x_val, self.y_val, self.x_test,
+                         self.y_test, self.feature_mean, self.feature_std, self.target_mean,
+                         self.target_std)] * self.repeats
+        assert self.x_raw is not None and self.y_raw is not None and self.test_rows is not None
+        return [fold_view(self.x_raw, self.y_raw, self.test_rows, fold,
+                          regression=self.task == "regression") for fold in self.folds]
 
 
 @dataclass(frozen=True)
@@ -249,7 +273,7 @@ def _prepare(table: _Table, spec: DataSpec, seed: int, task: str | None) -> Data
     y, class_names = _encode_target(values, numeric, task)
     sizes = _split_sizes(len(x), spec, table.origin)
     parts = _split_indices(y if task != "regression" else None, sizes, seed)
-    return _assemble(x, y, parts, task, class_names, table, spec)
+    return _assemble(x, y, parts, task, class_names, table, spec, seed)
 
 
 def _checked_features(table: _Table) -> np.ndarray:
@@ -423,22 +447,15 @@ def _can_stratify(labels: np.ndarray, n_out: int) -> bool:
     return bool(counts.min() >= 2 and min(n_out, n_keep) >= len(counts))
 
 
-def _standardize(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the training rows; a constant column keeps std 1 (no divide by 0)."""
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    constant = (train.max(axis=0) == train.min(axis=0)) | (std == 0)
-    return mean, np.where(constant, 1.0, std)
-
-
 def _assemble(x: np.ndarray, y: np.ndarray, parts: tuple[np.ndarray, ...], task: str,
-              class_names: tuple[str, ...], table: _Table, spec: DataSpec) -> Dataset:
+              class_names: tuple[str, ...], table: _Table, spec: DataSpec,
+              seed: int) -> Dataset:
     """Scale with training statistics only, so validation/test never leak into them."""
     train, val, test = parts
-    mean, std = _standardize(x[train])
+    mean, std = standardization(x[train])
     t_mean, t_std = 0.0, 1.0
     if task == "regression":
-        t_mean, t_std = (float(v[0]) for v in _standardize(y[train][:, None]))
+        t_mean, t_std = (float(v[0]) for v in standardization(y[train][:, None]))
     y_type = np.float32 if task == "regression" else np.int64
 
     def xs(rows: np.ndarray) -> np.ndarray:
@@ -448,19 +465,27 @@ def _assemble(x: np.ndarray, y: np.ndarray, parts: tuple[np.ndarray, ...], task:
         return ((y[rows] - t_mean) / t_std if task == "regression" else y[rows]).astype(y_type)
 
     n_classes = len(class_names)
+    regression = task == "regression"
+    folds = (make_folds(x, y, np.sort(np.concatenate([train, val])), spec.folds, seed,
+                        regression=regression) if spec.folds else ())
     return Dataset(
         xs(train), ys(train), xs(val), ys(val), xs(test), ys(test), task, n_classes,
         tuple(str(c) for c in table.features.columns), class_names,
         mean.astype(np.float32), std.astype(np.float32), t_mean, t_std,
-        _describe(spec, x.shape, task, n_classes, (len(train), len(val), len(test))))
+        _describe(spec, x.shape, task, n_classes, (len(train), len(val), len(test))),
+        folds=folds, repeats=spec.repeats or 1, x_raw=x if folds else None,
+        y_raw=y if folds else None, test_rows=test)
 
 
 def _describe(spec: DataSpec, shape: tuple[int, ...], task: str, n_classes: int,
               sizes: tuple[int, int, int]) -> str:
     """The one-line summary printed by the CLI and stored with the study."""
     kind = f"multiclass ({n_classes} classes)" if task == "multiclass" else task
+    split = (f"{spec.folds} folds of {sizes[0] + sizes[1]} rows" if spec.folds else
+             f"train {sizes[0]} / val {sizes[1]}")
+    repeats = f", {spec.repeats} repeats a trial" if spec.repeats else ""
     return (f"{spec.describe()}, {shape[0]} rows x {shape[1]} features, {kind}; "
-            f"train {sizes[0]} / val {sizes[1]} / test {sizes[2]}")
+            f"{split} / test {sizes[2]}{repeats}")
 
 
 # --------------------------------------------------------------------------- messages

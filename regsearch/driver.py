@@ -571,6 +571,7 @@ def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:
     """What Optuna keeps beside the value, so `best` can tell the whole story."""
     attrs: dict[str, Any] = {
         **outcome.summary(),
+        **outcome.member_summary(),
         "fail_reason": outcome.reason if outcome.state == FAILED else None,
         "stop_reason": outcome.reason if outcome.state != FAILED else None,
     }

@@ -39,7 +39,8 @@ def _record(study: str, trial: FrozenTrial) -> TrialRecord:
         study=study, number=trial.number, state=_STATES[trial.state], config=config_of(trial),
         value=trial.value, reason=attrs.get("fail_reason") or attrs.get("stop_reason"),
         summary={key: attrs.get(key) for key in SUMMARY_FIELDS}, epochs=epochs,
-        started=_utc(trial.datetime_start), finished=_utc(trial.datetime_complete))
+        started=_utc(trial.datetime_start), finished=_utc(trial.datetime_complete),
+        members=tuple(attrs.get("member_values") or ()))
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -102,6 +102,13 @@ class DataSpec:
     synthetic: SyntheticSpec | None = None
     validation_fraction: float = 0.2
     test_fraction: float = 0.0
+    folds: int | None = None    # k-fold cross-validation of every trial (`regsearch.folds`)
+    repeats: int | None = None  # r models of every trial from different initial weights
+
+    @property
+    def members(self) -> int:
+        """Models that score one trial."""
+        return self.folds or self.repeats or 1
 
     def describe(self) -> str:
         if self.builtin:
@@ -237,6 +244,9 @@ class StudySpec:
         means, so they are left out: a user may extend a study or move it.
         """
         full = asdict(self)
+        for key in ("folds", "repeats"):  # absent, as before they existed: the same hash
+            if full["data"][key] is None:
+                del full["data"][key]
         return {k: full[k] for k in ("seed", "data", "model", "space", "train", "objective")}
 
     @property
@@ -261,7 +271,8 @@ T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TOP_KEYS = ("name", "seed", "data", "model", "space", "train", "objective", "search",
              "confirm", "storage", "mlflow", "workers", "trainer")
-_DATA_KEYS = ("builtin", "file", "target", "synthetic", "validation_fraction", "test_fraction")
+_DATA_KEYS = ("builtin", "file", "target", "synthetic", "validation_fraction", "test_fraction",
+              "folds", "repeats")
 _SYNTHETIC_KEYS = ("task", "samples", "features", "classes", "informative", "noise")
 
 
@@ -505,8 +516,17 @@ def _parse_data(f: _Fields, base: Path) -> DataSpec:
     if round(validation + test, 9) >= 0.9:
         raise f.error("test_fraction", f"validation_fraction + test_fraction must be < 0.9 "
                                        f"to leave data to train on, got {validation + test:g}")
+    folds = f.get("folds", _integer(2, 20), None)
+    repeats = f.get("repeats", _integer(2, 20), None)
+    if folds and repeats:
+        raise f.error("repeats", "give folds or repeats, not both: folds already score each "
+                                 "trial with several models")
+    if folds and f.has("validation_fraction"):
+        raise f.error("validation_fraction", f"is not used with folds (each of the {folds} "
+                                             "folds is in turn the validation rows); remove it")
     return DataSpec(builtin=builtin, file=file, target=target, synthetic=synthetic,
-                    validation_fraction=validation, test_fraction=test)
+                    validation_fraction=validation, test_fraction=test, folds=folds,
+                    repeats=repeats)
 
 
 def _parse_model(f: _Fields) -> ModelSpec:

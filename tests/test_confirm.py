@@ -277,3 +277,35 @@ def test_on_the_breast_cancer_study_the_best_is_not_a_near_chance_model(tmp_path
     assert summary["search_best"]["val_loss"] < 0.3, summary["search_best"]
     assert summary["best"]["source"] == "confirmation"
     assert summary["best"]["val_loss"] < 0.3 and summary["best"]["value"] > 0.98, summary["best"]
+
+
+class CurveTrainer:
+    """Completes a trial with a scripted validation curve (one score per epoch)."""
+
+    def __init__(self, curve: list[float]) -> None:
+        self.curve = curve
+
+    def train(self, config: Any, *, seed: int, prune: Any, keep_model: bool = False) -> Any:
+        from regsearch.trainers.base import StopRules
+
+        rules = StopRules("maximize", None)
+        for epoch, value in enumerate(self.curve, start=1):
+            rules.observe(EpochMetrics(epoch, 0.3, 0.3, value, 0.0), prune)
+        return rules.outcome(0.01)
+
+
+@pytest.mark.parametrize("curve, warning", [
+    ([0.80, 0.90, 0.95], "the best epoch is the last one (3 of 3): more epochs may help; "
+                         "raise train.epochs"),
+    ([0.80, 0.95, 0.60], "accuracy fell from 0.9500 (epoch 2) to 0.6000 (epoch 3): training "
+                         "is unstable after its best epoch"),
+])
+def test_best_warns_about_the_best_epochs_place_in_the_curve(make_spec, curve: list[float],
+                                                             warning: str) -> None:
+    spec = make_spec(search={"n_trials": 1, "pruner": "none"}, train__epochs=3,
+                     mlflow={"enabled": False})
+    run = driver.open_run(spec)
+    driver.run_study(run, CurveTrainer(curve))
+    summary = report.study_summary(run.study, run.storage_url)
+    assert summary["warnings"] == [warning]
+    assert f"warning: {warning}" in report.render(summary, "table")

@@ -467,8 +467,8 @@ BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
     ({"data": "digits"}, "data", MAPPING + ", got 'digits'"),
     ({"data": ["digits"]}, "data", MAPPING + ", got list"),
     ({"data.split": 0.2}, "data.split",
-     "unknown key; allowed keys here are: builtin, file, synthetic, target, test_fraction, "
-     "validation_fraction"),
+     "unknown key; allowed keys here are: builtin, file, folds, repeats, synthetic, target, "
+     "test_fraction, validation_fraction"),
     # ---- data.synthetic
     ({"data": {"synthetic": {}}}, "data.synthetic.task",
      "is required: classification or regression"),

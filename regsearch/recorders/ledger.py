@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from regsearch.errors import StorageError
 from regsearch.space import RegConfig
 from regsearch.recorders.tables import (RUNNING, SCHEMA_VERSION, Base, EpochRow, LockRow,
-                                        MetaRow, StudyRow, TrialRow, finite, now)
+                                        MemberRow, MetaRow, StudyRow, TrialRow, finite, now)
 from regsearch.storage import engine_kwargs, mask_url, tune_sqlite
 from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
 
@@ -43,6 +43,7 @@ class TrialRecord:
     mlflow_run_id: str | None = None
     started: datetime | None = None
     finished: datetime | None = None
+    members: tuple[float | None, ...] = ()  # each fold's or repeat's objective, if several
 
     @classmethod
     def from_outcome(cls, study: str, number: int, config: RegConfig,
@@ -53,7 +54,8 @@ class TrialRecord:
         return cls(study=study, number=number, state=outcome.state, config=config,
                    value=finite(outcome.value), reason=outcome.reason,
                    summary=summary, epochs=tuple(outcome.history),
-                   started=finished - timedelta(seconds=outcome.seconds), finished=finished)
+                   started=finished - timedelta(seconds=outcome.seconds), finished=finished,
+                   members=tuple(finite(v) for v in outcome.member_values or ()))
 
 
 class Ledger:
@@ -149,6 +151,7 @@ class Ledger:
                 setattr(row, name, None)
             row.epochs_run, row.mlflow_synced = 0, False
             row.epochs.clear()
+            row.members.clear()
         return rows
 
     def trials_ended(self, study: str,
@@ -175,6 +178,8 @@ class Ledger:
                                           val_loss=finite(m.val_loss),
                                           val_metric=finite(m.val_metric),
                                           penalty=finite(m.penalty)) for m in outcome.history]
+                row.members[:] = [MemberRow(member=j, value=finite(v))
+                                  for j, v in enumerate(outcome.member_values or [])]
 
     def fail_running(self, study: str, trials: Mapping[int, RegConfig], reason: str) -> None:
         """Trials a dead process left `running` are failed with the reason, as in Optuna.
@@ -225,6 +230,9 @@ class Ledger:
         for key, value in record.summary.items():
             if value is not None:
                 setattr(row, key, finite(value) if isinstance(value, float) else value)
+        if not row.members:
+            row.members[:] = [MemberRow(member=j, value=finite(v))
+                              for j, v in enumerate(record.members)]
         if not row.epochs:
             row.epochs[:] = [EpochRow(epoch=m.epoch, train_loss=finite(m.train_loss),
                                       val_loss=finite(m.val_loss),
@@ -313,7 +321,8 @@ class Ledger:
             query = (sa.select(TrialRow).where(TrialRow.id.in_(ids)).order_by(TrialRow.id)
                      .with_for_update().execution_options(populate_existing=True))
         if epochs:
-            query = query.options(selectinload(TrialRow.epochs))
+            query = query.options(selectinload(TrialRow.epochs),
+                                  selectinload(TrialRow.members))
         return {row.number: row for row in session.scalars(query)}
 
     def _trial(self, session: Session, study: str, number: int) -> TrialRow | None:
@@ -329,7 +338,8 @@ def _record(study: str, row: TrialRow) -> TrialRecord:
     return TrialRecord(study=study, number=row.number, state=row.state, config=row.config,
                        value=row.value, reason=row.reason, summary=summary, epochs=epochs,
                        mlflow_run_id=row.mlflow_run_id, started=_utc(row.started),
-                       finished=_utc(row.finished))
+                       finished=_utc(row.finished),
+                       members=tuple(member.value for member in row.members))
 
 
 def _utc(moment: datetime | None) -> datetime | None:

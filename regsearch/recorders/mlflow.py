@@ -10,6 +10,7 @@ transaction (`mlflow_batch`), on an MLflow server a few calls per run.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from datetime import datetime
@@ -162,6 +163,11 @@ class MlflowWriter(ConfirmationWrites):
                     for k, v in record.summary.items() if v is not None]
         if record.value is not None:
             metrics.append(Metric("value", record.value, stamp, 0))
+        members = [value for value in record.members if value is not None]
+        metrics += [Metric(f"member_{j}_{metric}", value, stamp, 0)
+                    for j, value in enumerate(members)]
+        if len(members) > 1:
+            metrics.append(Metric("member_sd", statistics.stdev(members), stamp, 0))
         return RunEnd(run_id, _status(record), _ms(record.finished), metrics, {
             STATE: record.state, "regsearch.reason": record.reason or "", DONE: "true"})
 

@@ -93,6 +93,8 @@ class TrialRow(Base):
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epochs: Mapped[list[EpochRow]] = relationship(order_by="EpochRow.epoch",
                                                   cascade="all, delete-orphan")
+    members: Mapped[list[MemberRow]] = relationship(order_by="MemberRow.member",
+                                                    cascade="all, delete-orphan")
 
     @property
     def config(self) -> RegConfig:
@@ -109,6 +111,16 @@ class EpochRow(Base):
     penalty: Mapped[float | None] = mapped_column(sa.Double)
 
 
+
+
+class MemberRow(Base):
+    """One of the models that score a trial (a fold or a repeat): its objective at the
+    trial's best epoch."""
+
+    __tablename__ = "regsearch_trial_members"
+    trial_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_trials.id"), primary_key=True)
+    member: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[float | None] = mapped_column(sa.Double)
 
 
 class ConfirmationRow(Base):

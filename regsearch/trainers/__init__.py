@@ -66,8 +66,8 @@ def make_trainer(run: StudyRun):  # noqa: ANN201 - the trainer classes import ke
         from regsearch.trainers.packed import PackedTrainer, choose_pack_size
 
         size = choose_pack_size(run.spec, run.data, run.spec.search.pack_size)
-        if run.spec.search.pack_size is None:
-            size = min(size, adaptive_pack_cap(run.budget))
+        if run.spec.search.pack_size is None:  # memory's members -> trials of that many
+            size = min(max(1, size // run.data.members), adaptive_pack_cap(run.budget))
         return PackedTrainer(run.spec, run.data, pack_size=size, **objective)
     from regsearch.trainers.keras import KerasTrainer
 

@@ -27,6 +27,16 @@ class EpochMetrics:
     penalty: float
 
 
+def combine(members: list[EpochMetrics]) -> EpochMetrics:
+    """A trial's epoch from its members' (folds or repeats): the mean of each number."""
+    if len(members) == 1:
+        return members[0]
+    n = len(members)
+    return EpochMetrics(epoch=members[0].epoch,
+                        **{name: sum(getattr(m, name) for m in members) / n
+                           for name in ("train_loss", "val_loss", "val_metric", "penalty")})
+
+
 #: Called after each epoch; returns True when the trial should be pruned.
 PruneCheck = Callable[[EpochMetrics], bool]
 
@@ -41,6 +51,8 @@ class TrialOutcome:
     seconds: float = 0.0
     near_zero_share: float | None = None
     test_metric: float | None = None
+    #: each member's objective at the best epoch, when folds or repeats score the trial
+    member_values: list[float] | None = None
     model: Any = field(default=None, repr=False)  # the best-epoch Keras model, on request
 
     @property
@@ -50,6 +62,16 @@ class TrialOutcome:
     @property
     def best(self) -> EpochMetrics | None:
         return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+    def member_summary(self) -> dict[str, Any]:
+        """Each member's (fold's or repeat's) objective at the best epoch and their spread,
+        when several models score the trial; nothing else."""
+        values = self.member_values
+        if not values or len(values) < 2:
+            return {}
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return {"member_values": list(values), "member_sd": sd}
 
     def summary(self) -> dict[str, float | int | None]:
         """`SUMMARY_FIELDS`, with the losses and penalty of the best epoch."""

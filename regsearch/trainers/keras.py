@@ -13,7 +13,9 @@ from regsearch.data import Dataset
 from regsearch.model import DATA_LOSS, build_model
 from regsearch.space import RegConfig
 from regsearch.spec import StudySpec
-from regsearch.trainers.base import FAILED, EpochMetrics, PruneCheck, StopRules, TrialOutcome
+from regsearch.folds import View
+from regsearch.trainers.base import (FAILED, EpochMetrics, PruneCheck, StopRules, TrialOutcome,
+                                     combine)
 
 _PREDICT_CHUNK = 8192
 _OPTIMIZERS = {
@@ -76,6 +78,8 @@ class KerasTrainer:
         """Train one config; with `keep_model` the outcome carries the best-epoch model."""
         enable_determinism()
         keras.utils.set_random_seed(seed)
+        if self.data.members > 1:
+            return self._train_members(config, prune)
         started = time.perf_counter()
         model = self.build(config)
         watcher = _EpochWatcher(self, StopRules(self.direction, self.spec.train.early_stopping),
@@ -98,6 +102,65 @@ class KerasTrainer:
                 gc.collect()
         return outcome
 
+    def _train_members(self, config: RegConfig, prune: PruneCheck) -> TrialOutcome:
+        """Folds or repeats: one model per member (`Dataset.views`), trained epoch by epoch
+        side by side so that the stop rules and the pruner judge their mean every epoch."""
+        started = time.perf_counter()
+        views = self.data.views()
+        models = [self.build(config) for _ in views]
+        rules = StopRules(self.direction, self.spec.train.early_stopping)
+        best: tuple[list[list[np.ndarray]], list[EpochMetrics]] | None = None
+        hook = _InterruptHook()
+        try:
+            for epoch in range(self.spec.train.epochs):
+                scores = []
+                for model, view in zip(models, views):
+                    history = model.fit(view.x_train, fit_targets(self.data.task, view.y_train),
+                                        batch_size=self.spec.train.batch_size,
+                                        initial_epoch=epoch, epochs=epoch + 1, shuffle=True,
+                                        verbose=0, callbacks=[hook])
+                    scores.append(self._member_epoch(model, view, epoch + 1,
+                                                     history.history["data_loss"][-1]))
+                current = combine(scores)
+                keep_going = rules.observe(current, prune)
+                if rules.best_epoch == current.epoch:
+                    best = ([m.get_weights() for m in models], scores)
+                if not keep_going:
+                    break
+            outcome = rules.outcome(time.perf_counter() - started)
+            if outcome.state != FAILED and best is not None:
+                for model, weights in zip(models, best[0]):
+                    model.set_weights(weights)
+                outcome.member_values = [m.val_metric for m in best[1]]
+                self._finish_members(models, views, outcome)
+        finally:
+            del models
+            keras.backend.clear_session(free_memory=True)
+            gc.collect()
+        return outcome
+
+    def _member_epoch(self, model: keras.Model, view: View, epoch: int,
+                      train_loss: float) -> EpochMetrics:
+        val_loss, val_metric = metrics.data_loss_and_score(
+            self.metric, self.data.task, view.y_val, predict(model, view.x_val),
+            target_mean=view.target_mean, target_std=view.target_std)
+        penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
+        return EpochMetrics(epoch=epoch, train_loss=float(train_loss), val_loss=val_loss,
+                            val_metric=val_metric, penalty=penalty)
+
+    def _finish_members(self, models: list[keras.Model], views: list[View],
+                        outcome: TrialOutcome) -> None:
+        """The members' near-zero share and test score, averaged."""
+        kernels = [[keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
+                    if isinstance(layer, keras.layers.Dense) and layer.name != "output"]
+                   for model in models]
+        outcome.near_zero_share = float(np.mean([metrics.near_zero_share(k) for k in kernels]))
+        if len(self.data.x_test):
+            outcome.test_metric = float(np.mean([metrics.data_loss_and_score(
+                self.metric, self.data.task, view.y_test, predict(model, view.x_test),
+                target_mean=view.target_mean, target_std=view.target_std)[1]
+                for model, view in zip(models, views)]))
+
     def evaluate(self, model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """(data loss, objective metric) on held-out data, with dropout off."""
         d = self.data
@@ -110,6 +173,11 @@ class KerasTrainer:
         outcome.near_zero_share = metrics.near_zero_share(kernels)
         if len(self.data.x_test):
             outcome.test_metric = self.evaluate(model, self.data.x_test, self.data.y_test)[1]
+
+
+class _InterruptHook(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.check()
 
 
 class _EpochWatcher(keras.callbacks.Callback):

@@ -28,10 +28,13 @@ class TensorFlowEpoch:
     `noise`): XLA's CPU random-number code took ~15 % of a 16-member step on digits, NumPy
     draws an epoch's worth in well under a millisecond. Without `noise_units` the model
     draws its own (`MemberDropout`).
+
+    With `member_masks` (folds: which rows each member trains on, one column per member) the
+    row mask is (rows, members), assigned each epoch in the epoch's row order.
     """
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int, *,
-                 jit_compile: bool, noise_units: int = 0,
+                 jit_compile: bool, noise_units: int = 0, member_masks: int = 0,
                  readout: Callable[[], tuple] | None = None) -> None:
         import tensorflow as tf
 
@@ -41,7 +44,10 @@ class TensorFlowEpoch:
         self.y = tf.Variable(self._padded(y, padded), trainable=False)
         self.noise = (tf.Variable(np.zeros((padded, noise_units), np.float32), trainable=False)
                       if noise_units else None)
-        mask = tf.constant(self._padded(np.ones(len(x), np.float32), padded))
+        self.masks = (tf.Variable(np.zeros((padded, member_masks), np.float32),
+                                  trainable=False) if member_masks else None)
+        mask = (self.masks if self.masks is not None else
+                tf.constant(self._padded(np.ones(len(x), np.float32), padded)))
 
         def step(i):  # noqa: ANN001, ANN202 - a graph tensor
             def rows(t):  # noqa: ANN001, ANN202 - batch i, with a static shape for XLA
@@ -62,13 +68,15 @@ class TensorFlowEpoch:
 
         self.function = epoch
 
-    def train(self, x: np.ndarray, y: np.ndarray,
-              noise: np.ndarray | None = None) -> Readout | None:
-        """Train an epoch on these rows (and their dropout noise, if the program takes it);
-        the readout, if the program makes one."""
+    def train(self, x: np.ndarray, y: np.ndarray, noise: np.ndarray | None = None,
+              masks: np.ndarray | None = None) -> Readout | None:
+        """Train an epoch on these rows (and their dropout noise, if the program takes it,
+        and each member's row mask); the readout, if the program makes one."""
         padded = self.x.shape[0]
         self.x.assign(self._padded(x, padded))
         self.y.assign(self._padded(y, padded))
+        if self.masks is not None and masks is not None:
+            self.masks.assign(self._padded(masks, padded))
         if self.noise is not None and noise is not None:
             self.noise.assign(self._padded(noise, padded))
         out = self.function()

@@ -66,20 +66,24 @@ class MemberDropout(keras.layers.Layer):
                          ops.zeros_like(inputs))
 
 
-def member_sample_losses(task: str, y_true, logits):
+def member_sample_losses(task: str, y_true, logits, targets=None):
     """(K, B) per-sample data losses, computed as Keras computes them for the task.
 
     The output activation goes through `keras.ops` so that, as for a standard model, the
     TensorFlow backend takes the cross-entropy from the logits and JAX from the clipped
-    probabilities.
+    probabilities. `targets`: each member's own (K, B) regression targets (its fold's
+    standardization), instead of `y_true` for all.
     """
     members, batch = logits.shape[0], ops.shape(logits)[1]
     if task == "multiclass":
         target = ops.broadcast_to(ops.expand_dims(ops.cast(y_true, "int32"), 0),
                                   (members, batch))
         return ops.sparse_categorical_crossentropy(target, ops.softmax(logits, axis=-1))
-    target = ops.reshape(ops.cast(y_true, logits.dtype), (1, batch, 1))
-    target = ops.broadcast_to(target, (members, batch, 1))
+    if targets is not None:
+        target = ops.expand_dims(ops.cast(targets, logits.dtype), -1)
+    else:
+        target = ops.reshape(ops.cast(y_true, logits.dtype), (1, batch, 1))
+        target = ops.broadcast_to(target, (members, batch, 1))
     if task == "binary":
         return ops.mean(ops.binary_crossentropy(target, ops.sigmoid(logits)), axis=-1)
     return ops.mean(ops.square(target - logits), axis=-1)
@@ -88,11 +92,18 @@ def member_sample_losses(task: str, y_true, logits):
 def _masked_sum(losses, row_mask):
     """(K,) sums of (K, B) per-sample losses over the real rows, and how many there are.
 
-    A mask of 1/0 per row marks the padding of a short last batch (`None`: all rows real);
-    `where`, not a product, so a padding row's non-finite loss cannot leak into a sum.
+    A mask of 1/0 per row (B,) marks the padding of a short last batch (`None`: all rows
+    real); one per row and member (B, K) also marks the rows a member must not train on
+    (its own validation fold). `where`, not a product, so a masked row's non-finite loss
+    cannot leak into a sum.
     """
     if row_mask is None:
         return ops.sum(losses, axis=1), ops.shape(losses)[1]
+    if len(row_mask.shape) == 2:
+        mask = ops.transpose(ops.cast(row_mask, losses.dtype))
+        real = ops.greater(mask, 0)
+        return (ops.sum(ops.where(real, losses, ops.zeros_like(losses)), axis=1),
+                ops.sum(mask, axis=1))
     real = ops.greater(ops.reshape(row_mask, (1, -1)), 0)
     return (ops.sum(ops.where(real, losses, ops.zeros_like(losses)), axis=1),
             ops.sum(ops.cast(row_mask, losses.dtype)))
@@ -101,14 +112,16 @@ def _masked_sum(losses, row_mask):
 class MemberDataLoss(keras.metrics.Metric):
     """Per-member mean data loss over the samples seen (training mode), shape (K,)."""
 
-    def __init__(self, members: int, task: str, name: str = "member_data_loss") -> None:
+    def __init__(self, members: int, task: str, name: str = "member_data_loss",
+                 targets=None) -> None:  # noqa: ANN001 - `PackedNet.member_targets`
         super().__init__(name=name)
-        self.task = task
+        self.task, self.targets = task, targets
         self.total = self.add_variable(shape=(members,), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+        self.count = self.add_variable(shape=(members,), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        losses = member_sample_losses(self.task, y_true, y_pred)
+        targets = self.targets(y_true) if self.targets is not None else None
+        losses = member_sample_losses(self.task, y_true, y_pred, targets)
         total, count = _masked_sum(losses, sample_weight)
         self.total.assign_add(total)
         self.count.assign_add(ops.cast(count, self.count.dtype))
@@ -143,9 +156,17 @@ class PackedNet(keras.Model):
     traces = 0  # training-mode traces, for tests (the call body runs only when traced)
 
     def __init__(self, members: int, n_features: int, hidden_units: tuple[int, ...],
-                 output_units: int, activation: str, task: str, seed: int) -> None:
+                 output_units: int, activation: str, task: str, seed: int,
+                 standardizes: bool = False) -> None:
         super().__init__(name="regsearch_packed")
         self.members, self.task = members, task
+        self.standardizes = standardizes
+        if standardizes:  # each member's own feature (and target) standardization: folds
+            def row(name: str, width: tuple[int, ...] = ()) -> keras.Variable:
+                return self.add_weight(shape=(members, *width), initializer="zeros",
+                                       trainable=False, name=name)
+            self.shift, self.scale = row("shift", (n_features,)), row("scale", (n_features,))
+            self.target_shift, self.target_scale = row("target_shift"), row("target_scale")
         self.hidden = [PackedDense(members, u, activation, name=f"dense_{i}")
                        for i, u in enumerate(hidden_units, start=1)]
         self.drops = [MemberDropout(members, seed=seed + i, name=f"dropout_{i}")
@@ -179,6 +200,9 @@ class PackedNet(keras.Model):
         if training:
             PackedNet.traces += 1
         h, noise = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+        if self.standardizes:  # raw features, (B, in) or (K, B, in) -> (K, B, in)
+            h = (h if len(h.shape) == 3 else ops.expand_dims(h, 0))
+            h = (h - ops.expand_dims(self.shift, 1)) * ops.expand_dims(self.scale, 1)
         start = 0
         for dense, drop in zip(self.hidden, self.drops):
             columns = None if noise is None else noise[:, start:start + dense.units]
@@ -199,9 +223,18 @@ class PackedNet(keras.Model):
             total = total + _penalty_gradient(layer.kernel, self.l1, self.l2)
         return total
 
+    def member_targets(self, y):  # noqa: ANN001, ANN201 - backend tensors
+        """(K, B) regression targets in each member's own standardization; None else."""
+        if not (self.standardizes and self.task == "regression"):
+            return None
+        y = ops.expand_dims(ops.cast(ops.reshape(y, (-1,)), self.target_shift.dtype), 0)
+        return (y - ops.expand_dims(self.target_shift, 1)) * ops.expand_dims(
+            self.target_scale, 1)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
-        total, count = _masked_sum(member_sample_losses(self.task, y, y_pred), sample_weight)
+        losses = member_sample_losses(self.task, y, y_pred, self.member_targets(y))
+        total, count = _masked_sum(losses, sample_weight)
         per_member = total / ops.cast(count, total.dtype) + self.penalties()
         # where, not a product: a diverged member's NaN must not reach the others.
         keep = ops.logical_and(ops.greater(self.active, 0.5), ops.isfinite(per_member))

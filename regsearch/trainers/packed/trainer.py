@@ -13,13 +13,15 @@ from regsearch import interrupts, metrics
 from regsearch.data import Dataset
 from regsearch.space import RegConfig
 from regsearch.spec import StudySpec
+from regsearch.folds import View
 from regsearch.trainers.base import (FAILED, EpochMetrics, PruneCheck, StopRules,
-                                     TrialOutcome)
+                                     TrialOutcome, combine)
 from regsearch.trainers.keras import KerasTrainer
 from regsearch.trainers.packed.backend import (PREDICT_CHUNK, activate, start_backend,
                                                xla_available)
 from regsearch.trainers.packed.epoch import Readout, TensorFlowEpoch
 from regsearch.trainers.packed.layers import MemberDataLoss, MemberWrites, PackedNet
+from regsearch.trainers.packed.members import MemberData
 from regsearch.trainers.packed.optimizers import make_optimizer
 
 _HOST_NOISE_MAX = 1 << 24  # dropout noise numbers held for an epoch (64 MiB)
@@ -27,13 +29,19 @@ _HOST_NOISE_MAX = 1 << 24  # dropout noise numbers held for an epoch (64 MiB)
 
 @dataclass
 class _Slot:
+    """A trial in the pack: its members (one, or its folds or repeats) and how it goes."""
+
     config: RegConfig
     rules: StopRules
     prune: PruneCheck
     keep_model: bool
+    members: list[int]
     epochs: int = 0
     seconds: float = 0.0
-    best_weights: list[np.ndarray] | None = field(default=None, repr=False)
+    #: each member's weights and scores at the trial's best epoch so far
+    best_weights: list[list[np.ndarray]] | None = field(default=None, repr=False)
+    best_members: list[EpochMetrics] = field(default_factory=list, repr=False)
+    last_members: list[EpochMetrics] = field(default_factory=list, repr=False)  # latest
 
 
 class _BatchHook(keras.callbacks.Callback):
@@ -59,19 +67,22 @@ class PackedTrainer:
         start_backend()
         self.spec, self.data = spec, data
         self.metric, self.direction = metric, direction
-        self.pack_size = int(pack_size)
+        self.pack_size = int(pack_size)  # trials
+        self.rows = MemberData(data, self.pack_size)
+        members = self.rows.members
         self.optimizer = make_optimizer(spec.train.optimizer, spec.train.learning_rate,
-                                        self.pack_size)
+                                        members)
         self.reference = KerasTrainer(spec, data, metric=metric, direction=direction)
-        self.model = PackedNet(self.pack_size, data.n_features, spec.model.hidden_units,
+        self.model = PackedNet(members, data.n_features, spec.model.hidden_units,
                                data.output_units, spec.model.activation, data.task,
-                               seed=spec.seed)
-        self.loss_metric = MemberDataLoss(self.pack_size, data.task)
+                               seed=spec.seed, standardizes=self.rows.folds)
+        self.loss_metric = MemberDataLoss(members, data.task,
+                                          targets=self.model.member_targets)
         # XLA: a packed step is small and its elementwise work (Adam, penalties, dropout) is
         # worth fusing. steps_per_execution: `fit` (JAX) runs an epoch in one compiled call;
         # TensorFlow runs its own epoch program (`TensorFlowEpoch`). A weighted metric, so
         # it is given that program's row mask of a padded last batch.
-        steps = max(1, -(-len(data.x_train) // spec.train.batch_size))
+        steps = max(1, -(-len(self.rows.x_train) // spec.train.batch_size))
         self.model.compile(optimizer=self.optimizer, weighted_metrics=[self.loss_metric],
                            jit_compile=xla_available(), steps_per_execution=steps)
         self.optimizer.build(self.model.trainable_variables)
@@ -81,8 +92,7 @@ class PackedTrainer:
         self.slots: dict[int, _Slot] = {}
         self.writes = MemberWrites()
         self._hook = _BatchHook()
-        self._x_train = np.asarray(data.x_train, np.float32)
-        self._y_train = np.asarray(data.y_train)
+        self._x_train, self._y_train = self.rows.x_train, self.rows.y_train
         self._tf_epoch: TensorFlowEpoch | None = None
 
     def reseed(self, seed: int) -> None:
@@ -101,7 +111,8 @@ class PackedTrainer:
 
     def assign(self, config: RegConfig, *, seed: int, prune: PruneCheck,
                keep_model: bool = False, slot: int | None = None) -> int:
-        """Start `config` in a free slot (the lowest, or `slot`): fresh weights and state."""
+        """Start `config` in a free slot (the lowest, or `slot`): fresh weights and state
+        for each of its members (member j > 0 of a trial starts from seed (seed, j))."""
         free = self.free_slots()
         if not free:
             raise RuntimeError("no free slot in the pack")
@@ -109,36 +120,46 @@ class PackedTrainer:
             slot = free[0]
         elif slot not in free:
             raise ValueError(f"slot {slot} is not free")
-        rng = np.random.default_rng(seed)
+        members = self.rows.of_slot(slot)
+        l1, l2 = _effective(config)
+        for j, member in enumerate(members):
+            self.set_member_weights(member, self._initial_weights(
+                np.random.default_rng(seed if j == 0 else [seed, j])))
+            self.writes.set(self.model.l1, member, l1)
+            self.writes.set(self.model.l2, member, l2)
+            for drop in self.model.drops:
+                self.writes.set(drop.rate, member, config.dropout)
+            self.writes.set(self.model.active, member, 1.0)
+            if self.model.standardizes:
+                for name, value in self.rows.scales(member).items():
+                    self.writes.set(getattr(self.model, name), member, value)
+            self.optimizer.reset_slot(member, self.writes)
+        self.slots[slot] = _Slot(config, StopRules(self.direction, self.spec.train.early_stopping),
+                                 prune, keep_model, members)
+        return slot
+
+    def _initial_weights(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Glorot-uniform kernels with the standalone layer's fan-in/out, zero biases."""
         weights: list[np.ndarray] = []
         for layer in self.model.dense_layers:
             _, fan_in, fan_out = layer.kernel.shape
             limit = math.sqrt(6.0 / (fan_in + fan_out))
             weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32))
             weights.append(np.zeros((fan_out,), np.float32))
-        self.set_member_weights(slot, weights)
-        l1, l2 = _effective(config)
-        self.writes.set(self.model.l1, slot, l1)
-        self.writes.set(self.model.l2, slot, l2)
-        for drop in self.model.drops:
-            self.writes.set(drop.rate, slot, config.dropout)
-        self.writes.set(self.model.active, slot, 1.0)
-        self.optimizer.reset_slot(slot, self.writes)
-        self.slots[slot] = _Slot(config, StopRules(self.direction, self.spec.train.early_stopping),
-                                 prune, keep_model)
-        return slot
+        return weights
 
-    def set_member_weights(self, slot: int, weights: list[np.ndarray]) -> None:
-        """Standard-model weights (`build_model(...).get_weights()` order) into `slot`."""
+    def set_member_weights(self, member: int, weights: list[np.ndarray]) -> None:
+        """Standard-model weights (`build_model(...).get_weights()` order) into `member`
+        (with one member a trial, a slot's number is its member's)."""
         variables = self._variables()
         if len(weights) != len(variables):
             raise ValueError(f"expected {len(variables)} arrays, got {len(weights)}")
         for var, value in zip(variables, weights):
-            self.writes.set(var, slot, np.asarray(value, np.float32).reshape(var.shape[1:]))
+            self.writes.set(var, member, np.asarray(value, np.float32).reshape(var.shape[1:]))
 
-    def member_weights(self, slot: int) -> list[np.ndarray]:
+    def member_weights(self, member: int) -> list[np.ndarray]:
         self.writes.apply()
-        return [np.array(keras.ops.convert_to_numpy(v)[slot]) for v in self._variables()]
+        return [np.array(keras.ops.convert_to_numpy(v)[member]) for v in self._variables()]
 
     # ------------------------------------------------------------------ training
 
@@ -172,20 +193,30 @@ class PackedTrainer:
             slot = self.slots[k]
             slot.epochs += 1
             slot.seconds += share
-            val_loss, val_metric = self._evaluate(val_out[k], self.data.y_val)
-            l1, l2 = map(np.float32, _effective(slot.config))
-            with np.errstate(all="ignore"):  # a diverged member's penalty is inf: it fails
-                penalty = float(sum(float(l1 * np.sum(np.abs(w[k]), dtype=np.float32)
-                                          + l2 * np.sum(np.square(w[k]), dtype=np.float32))
-                                    for w in hidden))
-            current = EpochMetrics(epoch=slot.epochs, train_loss=float(train_loss[k]),
-                                   val_loss=val_loss, val_metric=val_metric, penalty=penalty)
+            scores = [self._member_epoch(slot, m, train_loss, val_out, hidden)
+                      for m in slot.members]
+            current, slot.last_members = combine(scores), scores
             keep_going = slot.rules.observe(current, slot.prune)
             if slot.rules.best_epoch == current.epoch:
-                slot.best_weights = [w[k].copy() for w in full]
+                slot.best_weights = [[w[m].copy() for w in full] for m in slot.members]
+                slot.best_members = scores
             if not keep_going or slot.epochs >= self.spec.train.epochs:
                 finished[k] = self._finish(k)
         return finished
+
+    def _member_epoch(self, slot: _Slot, member: int, train_loss: np.ndarray,
+                      val_out: np.ndarray, hidden: list[np.ndarray]) -> EpochMetrics:
+        """One member's scores of the epoch: data losses, its objective, its penalty."""
+        view = self.rows.view(member)
+        val_loss, val_metric = self._evaluate(self.rows.validation(val_out, member),
+                                              view.y_val, view)
+        l1, l2 = map(np.float32, _effective(slot.config))
+        with np.errstate(all="ignore"):  # a diverged member's penalty is inf: it fails
+            penalty = float(sum(float(l1 * np.sum(np.abs(w[member]), dtype=np.float32)
+                                      + l2 * np.sum(np.square(w[member]), dtype=np.float32))
+                                for w in hidden))
+        return EpochMetrics(epoch=slot.epochs, train_loss=float(train_loss[member]),
+                            val_loss=val_loss, val_metric=val_metric, penalty=penalty)
 
     def _train_epoch(self, order: np.ndarray) -> Readout:
         """One pass over the training rows in `order`, as each backend runs it fastest; then
@@ -196,23 +227,25 @@ class PackedTrainer:
         arrays without such costs, and read out after it.
         """
         x, y = self._x_train[order], self._y_train[order]
+        masks = None if self.rows.masks is None else self.rows.masks[order]
         if keras.backend.backend() != "tensorflow":
-            self.model.fit(x, y, batch_size=self.spec.train.batch_size, shuffle=False,
-                           epochs=1, verbose=0, callbacks=[self._hook])
+            self.model.fit(x, y, sample_weight=masks, batch_size=self.spec.train.batch_size,
+                           shuffle=False, epochs=1, verbose=0, callbacks=[self._hook])
             return self._readout()
         if self._tf_epoch is None:
-            x_val = np.asarray(self.data.x_val, np.float32)
+            x_val = self.rows.x_val
             # Validation outputs inside the program unless the split needs chunking.
-            in_program = 0 < len(x_val) <= PREDICT_CHUNK
+            in_program = 0 < x_val.shape[-2] <= PREDICT_CHUNK
             self._tf_epoch = TensorFlowEpoch(
                 self.model, x, y, self.spec.train.batch_size, jit_compile=xla_available(),
                 noise_units=self._host_noise_units(),
+                member_masks=0 if masks is None else masks.shape[1],
                 readout=(lambda: self._readout_tensors(x_val)) if in_program else None)
         self.model.reset_metrics()
         noise = None
         if self._tf_epoch.noise is not None and any(s.config.dropout for s in self.slots.values()):
             noise = self.noise_rng.random((len(x), self.model.noise_units), np.float32)
-        readout = self._tf_epoch.train(x, y, noise)
+        readout = self._tf_epoch.train(x, y, noise, masks)
         self._hook.on_train_batch_end(0)
         return readout or self._readout()
 
@@ -224,7 +257,7 @@ class PackedTrainer:
 
     def _readout(self) -> Readout:
         return (np.asarray(keras.ops.convert_to_numpy(self.loss_metric.result())),
-                self._outputs(self.data.x_val),
+                self._outputs(self.rows.x_val),
                 [np.asarray(keras.ops.convert_to_numpy(v)) for v in self._variables()])
 
     def _readout_tensors(self, x_val: np.ndarray) -> tuple:
@@ -236,49 +269,67 @@ class PackedTrainer:
         slot = self.slots[k]
         outcome = slot.rules.outcome(slot.seconds)
         if outcome.state != FAILED and slot.best_weights is not None:
-            self.set_member_weights(k, slot.best_weights)
+            for member, weights in zip(slot.members, slot.best_weights):
+                self.set_member_weights(member, weights)
             n_hidden = len(self.model.hidden)
-            outcome.near_zero_share = metrics.near_zero_share(
-                [slot.best_weights[2 * i] for i in range(n_hidden)])
-            if len(self.data.x_test):
-                outcome.test_metric = self._evaluate(self.predict(k, self.data.x_test),
-                                                     self.data.y_test)[1]
+            outcome.near_zero_share = float(np.mean([metrics.near_zero_share(
+                [weights[2 * i] for i in range(n_hidden)]) for weights in slot.best_weights]))
+            if len(self.rows.x_test):
+                outputs = self._outputs(self.rows.x_test)
+                outcome.test_metric = float(np.mean([self._evaluate(
+                    outputs[m], self.rows.view(m).y_test, self.rows.view(m))[1]
+                    for m in slot.members]))
+            if len(slot.members) > 1:
+                outcome.member_values = [m.val_metric for m in slot.best_members]
             if slot.keep_model:
                 outcome.model = self.export(k)
-        self.writes.set(self.model.active, k, 0.0)
+        for member in slot.members:
+            self.writes.set(self.model.active, member, 0.0)
         del self.slots[k]
         return outcome
 
     # ------------------------------------------------------------------ inference
 
     def predict(self, slot: int, x: np.ndarray) -> np.ndarray:
-        """Member `slot`'s inference outputs (dropout off), as its exported model gives."""
-        return self._outputs(x)[slot]
+        """The inference outputs (dropout off) of the slot's trial (its first member), as
+        its exported model gives them."""
+        return self._outputs(x)[self.rows.member(slot)]
 
     def export(self, slot: int) -> keras.Sequential:
-        """The standard model (`build_model`, compiled as the keras trainer does)."""
+        """The standard model (`build_model`, compiled as the keras trainer does) of the
+        slot's trial (its first member); a fold's model is not one (its rows are raw)."""
         if slot not in self.slots:
             raise ValueError(f"slot {slot} is empty")
+        if self.rows.folds:
+            raise ValueError("a cross-validated trial's fold models are not exported; "
+                             "export trains the configuration on the whole split")
         model = self.reference.build(self.slots[slot].config)
-        model.set_weights(self.member_weights(slot))
+        model.set_weights(self.member_weights(self.rows.member(slot)))
         return model
 
     def _outputs(self, x: np.ndarray) -> np.ndarray:
-        """(K, N, out) probabilities / values for all members, dropout off."""
+        """(members, N, out) probabilities / values, dropout off; `x` is (N, features) for
+        all members or (members, N, features), one set of rows each."""
         self.writes.apply()
         x = np.asarray(x, np.float32)
+        rows = x.shape[-2]
         parts = []
-        for i in range(0, len(x), PREDICT_CHUNK):
-            out = self.model.predict_on_batch(x[i:i + PREDICT_CHUNK])  # compiled call
+        for i in range(0, rows, PREDICT_CHUNK):
+            chunk = x[..., i:i + PREDICT_CHUNK, :]
+            out = self.model.predict_on_batch(chunk)  # compiled call
             parts.append(np.asarray(keras.ops.convert_to_numpy(activate(out, self.data.task))))
         if not parts:
-            return np.zeros((self.pack_size, 0, self.data.output_units), np.float32)
+            return np.zeros((self.rows.members, 0, self.data.output_units), np.float32)
         return np.concatenate(parts, axis=1)
 
-    def _evaluate(self, y_pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        d = self.data
-        return metrics.data_loss_and_score(self.metric, d.task, y, y_pred,
-                                           target_mean=d.target_mean, target_std=d.target_std)
+    def _evaluate(self, y_pred: np.ndarray, y: np.ndarray,
+                  view: View | None = None) -> tuple[float, float]:
+        """(data loss, objective) of outputs against targets, in the target's units of
+        `view` (a fold's standardization; the data set's when None)."""
+        scale = view or self.data
+        return metrics.data_loss_and_score(self.metric, self.data.task, y, y_pred,
+                                           target_mean=scale.target_mean,
+                                           target_std=scale.target_std)
 
     # ------------------------------------------------------------------ helpers
 
