@@ -371,6 +371,7 @@ def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     """Keep every slot busy: ask a trial for each free slot, train an epoch, tell results."""
     active: dict[int, _Running] = {}
     started = 0
+    pruning = not isinstance(run.study.pruner, optuna.pruners.NopPruner)
     try:
         while True:
             interrupts.check()
@@ -390,7 +391,8 @@ def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
                 if time.monotonic() >= deadline:
                     return False
                 continue  # others' trials run: `_ask` waited; one may die and come back
-            finished = trainer.run_epoch()
+            with run.pack.pruning() if pruning else nullcontext():
+                finished = trainer.run_epoch()
             if finished:
                 _tell(run, [(active.pop(slot), outcome) for slot, outcome in finished.items()],
                       listeners, heartbeat)

@@ -49,6 +49,7 @@ class PackStorage:
         self._snapshot: list[FrozenTrial] | None = None
         self._position: dict[int, int] = {}
         self._params: list[tuple[int, str, float, Any]] = []  # the batch's, not yet written
+        self._reports: dict[int, dict[int, float]] | None = None  # `pruning`'s, not yet written
 
     # ------------------------------------------------------------------ batches
 
@@ -66,6 +67,31 @@ class PackStorage:
             self._snapshot, self._position = None, {}
             params, self._params = self._params, []
             self._write_params(params)
+
+    @contextmanager
+    def pruning(self) -> Iterator[None]:
+        """Within the block (an epoch of a pack), the pruner reads the study once, and the
+        trials' reported scores are written together when it ends.
+
+        Optuna's pruners read every trial for each trial's decision: through `_CachedStorage`
+        that re-reads every running trial, so a pack's epoch cost K reads of K trials. The
+        finished trials the pruners compare with do not change from this process within an
+        epoch; this process's running trials are its own copies, kept current."""
+        self._snapshot = list(self._storage.get_all_trials(self._study_id, deepcopy=False))
+        self._position = {t._trial_id: i for i, t in enumerate(self._snapshot)}
+        for trial_id, trial in self._mine.items():
+            if trial_id in self._position:
+                self._snapshot[self._position[trial_id]] = trial
+        self._reports: dict[int, dict[int, float]] = {}
+        try:
+            with self._standing_in():
+                yield
+        finally:
+            self._snapshot, self._position = None, {}
+            reports, self._reports = self._reports, None
+            if reports:
+                write_details(self._storage, {trial_id: ({}, values)
+                                              for trial_id, values in reports.items()})
 
     @contextmanager
     def telling(self) -> Iterator[None]:
@@ -162,7 +188,10 @@ class PackStorage:
 
     def set_trial_intermediate_value(self, trial_id: int, step: int,
                                      intermediate_value: float) -> None:
-        self._storage.set_trial_intermediate_value(trial_id, step, intermediate_value)
+        if self._reports is not None and trial_id in self._mine:  # written as `pruning` ends
+            self._reports.setdefault(trial_id, {})[step] = intermediate_value
+        else:
+            self._storage.set_trial_intermediate_value(trial_id, step, intermediate_value)
         if trial_id in self._mine:
             self._mine[trial_id].intermediate_values[step] = intermediate_value
 
