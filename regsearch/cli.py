@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
 
 from regsearch.errors import RegsearchError
 from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, trials_of
@@ -25,7 +26,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(args: argparse.Namespace) -> dict[str, str | None]:
+def _where(args: argparse.Namespace) -> dict[str, Any]:
     """Storage and MLflow URIs: the flags, else REGSEARCH_STORAGE / REGSEARCH_MLFLOW (how
     containers and the launcher pass URLs holding passwords), else the study file; each
     checked as the study file's field is."""
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_field("search.timeout"),
                      help="stop starting trials after S seconds")
     run.add_argument("--storage", help="SQLAlchemy URL (overrides the study file)")
-    run.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (overrides the study file)")
+    run.add_argument("--mlflow", metavar="URI",
+                     help="MLflow tracking URI (overrides the study file)")
     run.add_argument("--workers", type=_positive_int,
                      help="worker processes on this machine (a server database for more than 1)")
     run.add_argument("--gpus", metavar="all|0,2,3", help="one worker per GPU")

@@ -51,7 +51,7 @@ def enable(backend: str) -> Path | None:
     if backend == "jax":
         import jax
 
-        if jax.config.jax_compilation_cache_dir:
+        if jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
             return None
     folder = root / f"{backend}-{_version(backend)}"
     try:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -84,9 +85,9 @@ def train(runs: Sequence[PlannedRun], trainer: Any, ended: Trained) -> None:
 
 def _train_packed(batch: list[PlannedRun], trainer: Any, ended: Trained) -> None:
     trainer.reseed(batch[0].seed)
-    waiting, active = list(batch), {}
+    waiting, active = list(batch), dict[int, PlannedRun]()
     while waiting or active:
-        for slot in trainer.free_slots():
+        for _slot in trainer.free_slots():
             if not waiting:
                 break
             run = waiting.pop(0)

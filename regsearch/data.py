@@ -15,7 +15,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -199,7 +199,7 @@ def _read_frame(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFr
         return reader(path)
     except pd.errors.EmptyDataError:
         raise _error(path, "the file is empty", "write a header row and data rows") from None
-    except Exception as exc:  # pandas/pyarrow raise many unrelated types for a bad file
+    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
         raise _unreadable(path, exc) from None
 
 
@@ -373,7 +373,8 @@ def _check_task_fits(values: np.ndarray, numeric: bool, task: str, distinct: int
 def _unique_labels(values: np.ndarray, numeric: bool,
                    **options: bool) -> np.ndarray | tuple[np.ndarray, ...]:
     """Distinct target values, sorted (numbers numerically, labels as text)."""
-    return np.unique(values if numeric else values.astype(str), **options)
+    labels = values if numeric else values.astype(str)
+    return np.unique(labels, **options)  # type: ignore[call-overload]
 
 
 def _integer_valued(values: np.ndarray) -> bool:
@@ -413,7 +414,7 @@ def _split_sizes(n: int, spec: DataSpec, origin: str) -> tuple[int, int, int]:
 
 def _round(value: float) -> int:
     """Round half up (Python's round() rounds half to even)."""
-    return int(math.floor(value + 0.5))
+    return math.floor(value + 0.5)
 
 
 def _split_indices(y: np.ndarray | None, sizes: tuple[int, int, int],

@@ -15,7 +15,8 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterator, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -300,9 +301,9 @@ def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     except DATABASE_ERRORS as exc:
         raise StorageError(
             f"lost the database at {mask_url(run.storage_url)} "
-            f"({mask_url(first_line(exc.__cause__ or exc))}); every trial recorded before is kept, and the "
-            "trials that were running are failed (and re-queued) when the study is next "
-            "opened; run the same command again once the database is back") from None
+            f"({mask_url(first_line(exc.__cause__ or exc))}); every trial recorded before is "
+            "kept, and the trials that were running are failed (and re-queued) when the study "
+            "is next opened; run the same command again once the database is back") from None
     finally:
         if heartbeat is not None:
             heartbeat.stop()
@@ -427,7 +428,8 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
                         heartbeat.add(asked[-1].trial._trial_id)
                     asked[-1].config = space.suggest(asked[-1].trial, run.spec.space)
         if asked:
-            started = [(running.trial.number, running.config) for running in asked]
+            started = [(running.trial.number, running.config) for running in asked
+                       if running.config is not None]
             for listener in listeners:
                 listener.trials_started(started)
     except BaseException as exc:

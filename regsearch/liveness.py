@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -65,7 +66,7 @@ def fail_dead(run: StudyRun, trials: list[FrozenTrial], reason: str, *,
     its worker every time cannot hold the study open for ever. Only what this process
     failed itself is followed up: another process may be reaping the same trials.
     """
-    attrs = {}
+    attrs: dict[int, dict[str, Any]] = {}
     for trial in trials:
         again = retry and len(_history(trial)) <= run.spec.workers.max_retries
         note = ("; re-queued" if again else "; retried too often, not re-queued") if retry else ""
@@ -124,7 +125,7 @@ class Heartbeat:
     """
 
     def __init__(self, run: StudyRun) -> None:
-        self.storage = run.study._storage
+        self.storage: Any = run.study._storage
         self.interval = run.spec.workers.heartbeat_interval
         self.trial_ids: set[int] = set()
         self._lock = threading.Lock()

@@ -36,7 +36,8 @@ def make_regularizer(config: RegConfig) -> keras.regularizers.Regularizer | None
 
 
 def regularizer_source(config: RegConfig) -> str:
-    """`make_regularizer`'s object as the Python a user writes, e.g. keras.regularizers.L2(0.001)."""
+    """`make_regularizer`'s object as the Python a user writes, e.g.
+    keras.regularizers.L2(0.001)."""
     if config.regularizer == "none":
         return "None"
     name, arguments = _KERAS_REGULARIZERS[config.regularizer]

@@ -10,7 +10,8 @@ the stop rules) ranks through here.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -36,16 +37,21 @@ def difference_text(difference: float, metric: str) -> str:
     return f"{difference:+.4g}"
 
 
-def rank_key(direction: str, value: float, val_loss: float | None,
+Direction = Literal["minimize", "maximize"]
+Score = tuple[float | None, float | None]  # (objective, validation data loss)
+
+
+def rank_key(direction: str, value: float | None, val_loss: float | None,
              number: int = 0) -> tuple[float, float, int]:
     """Sorts best first: the objective, then the lower validation data loss, then the
-    earlier trial (a last resort, for exact ties of both)."""
+    earlier trial (a last resort, for exact ties of both). A missing value ranks last."""
     loss = val_loss if val_loss is not None and math.isfinite(val_loss) else math.inf
+    if value is None:
+        return math.inf, loss, number
     return (-value if direction == "maximize" else value), loss, number
 
 
-def ranks_above(direction: str, candidate: tuple[float, float | None],
-                incumbent: tuple[float, float | None] | None) -> bool:
+def ranks_above(direction: str, candidate: Score, incumbent: Score | None) -> bool:
     """Whether (value, val_loss) `candidate` ranks above `incumbent` (None: it does)."""
     if incumbent is None:
         return True
@@ -53,6 +59,6 @@ def ranks_above(direction: str, candidate: tuple[float, float | None],
 
 
 def ranked(direction: str, items: Iterable[T],
-           key: Callable[[T], tuple[float, float | None, int]]) -> list[T]:
+           key: Callable[[T], tuple[float | None, float | None, int]]) -> list[T]:
     """`items` best first; `key` gives an item's (value, val_loss, number)."""
     return sorted(items, key=lambda item: rank_key(direction, *key(item)))

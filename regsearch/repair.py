@@ -10,8 +10,8 @@ and `regsearch sync` mend both.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import datetime, UTC
+from collections.abc import Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -45,7 +45,7 @@ def _record(study: str, trial: FrozenTrial) -> TrialRecord:
 
 def _utc(moment: datetime | None) -> datetime | None:
     """Optuna keeps its writer's local time without a zone; the ledger keeps UTC."""
-    return moment.astimezone(timezone.utc) if moment is not None else None
+    return moment.astimezone(UTC) if moment is not None else None
 
 
 def reconcile(name: str, storage_url: str, tracking_uri: str | None, *,

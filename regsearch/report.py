@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import optuna
 import yaml
@@ -47,7 +48,7 @@ def summarize(study: optuna.Study, top: int = 5,
                             TrialState.RUNNING)}
     default = next((t for t in ranked if t.user_attrs.get(DEFAULT_ATTR)), None)
     best = _describe(ranked[0]) if ranked else None
-    gain = (_gain(direction, ranked[0].value, default.value)
+    gain = (_gain(direction, _value(ranked[0]), _value(default))
             if ranked and default is not None else None)
     summary = {
         "study": study.study_name,
@@ -119,8 +120,8 @@ def _add_confirmation(summary: dict[str, Any], confirmed: list[confirm.Confirmed
         "seeds": winner.score.n, "verdict": confirm.verdict(confirmed, metric),
         "configurations": [c.as_dict() for c in confirmed]}
     warnings = summary["warnings"]
-    if source is not None and not winner.score.includes(source.value) and \
-            _gain(direction, source.value, winner.score.high if direction == "maximize"
+    if source is not None and not winner.score.includes(_value(source)) and \
+            _gain(direction, _value(source), winner.score.high if direction == "maximize"
                   else winner.score.low) > 0:
         warnings.append(f"trial #{winner.trial}'s search score {source.value:.4f} lies beyond "
                         "its confirmed 95 % interval "
@@ -129,6 +130,12 @@ def _add_confirmation(summary: dict[str, Any], confirmed: list[confirm.Confirmed
         name = "the default" if winner.trial is None else f"trial #{winner.trial}"
         warnings.append(f"the confirmed winner ({name}) is not the search's single-seed #1 "
                         f"(trial #{search_best['trial']})")
+
+
+def _value(trial: FrozenTrial) -> float:
+    """A complete trial's objective (the only trials ranked)."""
+    assert trial.value is not None
+    return trial.value
 
 
 def _gain(direction: str, value: float, default: float) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class RegConfig:
         """Short text for logs and tables: only the strengths the type uses."""
         parts = [f"regularizer={self.regularizer}"]
         parts += [f"{k}={getattr(self, k):.3g}" for k in ("l1", "l2") if getattr(self, k)]
-        return " ".join(parts + [f"dropout={self.dropout:.3g}"])
+        return " ".join([*parts, f"dropout={self.dropout:.3g}"])
 
     def params(self) -> dict[str, Any]:
         """The Optuna parameters that produce this config (strengths only where used)."""

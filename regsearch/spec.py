@@ -12,12 +12,13 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping
 
 import yaml
 
 from regsearch.errors import SpecError
-from regsearch.objective import is_better  # noqa: F401 - where callers have found it
+from regsearch.objective import Direction, is_better  # noqa: F401 - where callers have found it
 
 REGULARIZERS = ("none", "l1", "l2", "l1_l2")
 TASKS = ("binary", "multiclass", "regression")
@@ -40,7 +41,7 @@ class Metric:
     """A validation metric on the data alone (never the regularization penalty)."""
 
     name: str
-    direction: str
+    direction: Direction
     tasks: tuple[str, ...]
 
 
@@ -64,7 +65,7 @@ class Objective:
     """The metric a study optimizes and its direction, once the task is known."""
 
     metric: str
-    direction: str
+    direction: Direction
 
 
 def resolve_objective(spec: StudySpec, task: str) -> Objective:
@@ -314,7 +315,7 @@ class _Fields:
     def require(self, key: str, convert: Callable[[Any, str], T], hint: str) -> T:
         if not self.has(key):
             raise self.error(key, f"is required: {hint}")
-        return self.get(key, convert, None)  # type: ignore[arg-type]
+        return cast(T, self.get(key, convert, None))
 
     def sub(self, key: str, keys: tuple[str, ...]) -> _Fields:
         return _Fields(self.raw.get(key), self.where(key), self.source, keys)
@@ -500,7 +501,8 @@ def _parse_data(f: _Fields, base: Path) -> DataSpec:
     given = [k for k, v in (("builtin", builtin), ("file", file), ("synthetic", synthetic)) if v]
     if len(given) != 1:
         problem = "none is given" if not given else f"got {', '.join(given)}"
-        raise SpecError(f.source, f.path, f"give exactly one of builtin, file, synthetic; {problem}")
+        raise SpecError(f.source, f.path,
+                        f"give exactly one of builtin, file, synthetic; {problem}")
     target = f.get("target", _text, None)
     if file is not None:
         path = Path(file).expanduser()
@@ -708,7 +710,7 @@ def load_spec(path: str | Path) -> StudySpec:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(source, "", f"cannot be read as a UTF-8 text file ({exc})") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except DuplicateKeyError as exc:
         raise SpecError(source, f"line {exc.line}", str(exc)) from None
     except yaml.YAMLError as exc:

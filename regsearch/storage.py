@@ -7,7 +7,7 @@ import re
 import sqlite3
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 import optuna
 import sqlalchemy
@@ -98,8 +98,8 @@ def same_database(first: str, second: str) -> bool:
     if a.get_backend_name() != b.get_backend_name():
         return False
     if a.get_backend_name() == "sqlite":
-        files = sqlite_file(first), sqlite_file(second)
-        return None not in files and files[0].resolve() == files[1].resolve()
+        one, other = sqlite_file(first), sqlite_file(second)
+        return one is not None and other is not None and one.resolve() == other.resolve()
     default = _DEFAULT_PORTS.get(a.get_backend_name())
     return ((_host(a.host), a.port or default, a.database)
             == (_host(b.host), b.port or default, b.database))
@@ -264,7 +264,7 @@ def tune_sqlite(engine: sqlalchemy.Engine | type[sqlalchemy.Engine]) -> None:
         return
 
     @sqlalchemy.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_connection, _record) -> None:
         if isinstance(dbapi_connection, sqlite3.Connection):
             # Switching needs the file alone for a moment: while another reader (an
             # `mlflow ui`) holds it, this connection stays as it is and a later one switches.

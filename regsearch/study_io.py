@@ -43,7 +43,7 @@ class PackStorage:
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
-        self._storage = study._storage
+        self._storage: Any = study._storage
         self._study_id = study._study_id
         self._mine: dict[int, FrozenTrial] = {}  # running trials of this process, as written
         self._snapshot: list[FrozenTrial] | None = None
@@ -82,7 +82,7 @@ class PackStorage:
         for trial_id, trial in self._mine.items():
             if trial_id in self._position:
                 self._snapshot[self._position[trial_id]] = trial
-        self._reports: dict[int, dict[int, float]] = {}
+        self._reports = {}
         try:
             with self._standing_in():
                 yield
@@ -101,7 +101,7 @@ class PackStorage:
 
     @contextmanager
     def _standing_in(self) -> Iterator[None]:
-        self.study._storage = self
+        self.study._storage = self  # type: ignore[assignment]
         try:
             yield
         finally:
@@ -150,12 +150,14 @@ class PackStorage:
         if state == TrialState.RUNNING and trial_id in self._position:
             # A waiting trial (re-queued or enqueued) that this process took, or another
             # process took first: either way the next ask of the batch must not try it again.
-            trial = copy.deepcopy(self._snapshot[self._position[trial_id]])
+            snapshot = self._snapshot
+            assert snapshot is not None, "positions are kept only with a snapshot"
+            trial = copy.deepcopy(snapshot[self._position[trial_id]])
             trial.state, trial.datetime_start = state, datetime.now()
             if changed:
                 self._adopt(trial_id, trial)
             else:
-                self._snapshot[self._position[trial_id]] = trial
+                snapshot[self._position[trial_id]] = trial
         elif changed and trial_id in self._mine:
             trial = self._mine[trial_id]
             trial.state = state

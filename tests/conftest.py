@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,7 +19,7 @@ if "REGSEARCH_COMPILE_CACHE" not in os.environ:
     os.environ["REGSEARCH_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="regsearch-xla-")
     atexit.register(shutil.rmtree, os.environ["REGSEARCH_COMPILE_CACHE"], ignore_errors=True)
 
-from regsearch.spec import StudySpec, parse_spec  # noqa: E402
+from regsearch.spec import StudySpec, parse_spec
 
 
 def tiny_study(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

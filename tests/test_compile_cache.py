@@ -1,4 +1,5 @@
-"""The persistent XLA cache: where it goes, when it stays off, and that a second process reuses it."""
+"""The persistent XLA cache: where it goes, when it stays off, and that a second process
+reuses it."""
 
 from __future__ import annotations
 

@@ -143,7 +143,8 @@ def test_gp_sampler_runs_or_says_how_to_install(make_spec) -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        with pytest.raises(SpecError, match=r"search\.sampler: 'gp' needs PyTorch.*regsearch\[gp\]"):
+        with pytest.raises(SpecError,
+                           match=r"search\.sampler: 'gp' needs PyTorch.*regsearch\[gp\]"):
             driver.open_run(spec)
     else:
         assert run(spec).done == 2
@@ -246,18 +247,18 @@ class _FreezeCount:
     def __init__(self) -> None:
         self.seen: list[int] = []
 
-    def study_opened(self, run) -> None:  # noqa: ANN001
+    def study_opened(self, run) -> None:
         pass
 
-    def trials_started(self, started) -> None:  # noqa: ANN001
+    def trials_started(self, started) -> None:
         import gc
 
         self.seen.append(gc.get_freeze_count())
 
-    def epoch_ended(self, number, metrics) -> None:  # noqa: ANN001
+    def epoch_ended(self, number, metrics) -> None:
         pass
 
-    def trials_ended(self, ended) -> None:  # noqa: ANN001
+    def trials_ended(self, ended) -> None:
         pass
 
 

@@ -34,9 +34,9 @@ def _packed(spec: Any, pack_size: int) -> tuple[PackedTrainer, Any]:
 
 
 def test_folds_and_repeats_are_checked_in_the_study_file(make_spec) -> None:
-    with pytest.raises(SpecError, match="data.repeats: give folds or repeats, not both"):
+    with pytest.raises(SpecError, match=r"data\.repeats: give folds or repeats, not both"):
         make_spec(data={"builtin": "digits", "folds": 3, "repeats": 2})
-    with pytest.raises(SpecError, match="data.validation_fraction: is not used with folds"):
+    with pytest.raises(SpecError, match=r"data\.validation_fraction: is not used with folds"):
         make_spec(data={"builtin": "digits", "folds": 3, "validation_fraction": 0.3})
     with pytest.raises(SpecError, match=r"data.folds: must be an integer in \[2, 20\]"):
         make_spec(data={"builtin": "digits", "folds": 1})
@@ -96,7 +96,7 @@ def test_each_member_trains_exactly_like_its_standalone_fit(make_spec, builtin, 
         reference = trainer.reference.build(config)
         trainer.set_member_weights(member, reference.get_weights())
         references.append(reference)
-    for epoch in (1, 2):
+    for _epoch in (1, 2):
         finished = trainer.run_epoch()
         scores = (trainer.slots[slot].last_members if slot not in finished else None)
         for j, (member, reference) in enumerate(zip(members, references)):

@@ -255,7 +255,7 @@ def test_ctrl_c_of_a_packed_run_counts_the_trials_it_failed(tmp_path: Path) -> N
             time.sleep(0.3)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

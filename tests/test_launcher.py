@@ -53,7 +53,7 @@ def test_the_worker_environment_keeps_the_callers_settings(monkeypatch) -> None:
 ])
 def test_bad_gpu_lists_are_refused_with_the_fix(gpus, workers, message, monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    with pytest.raises(SpecError, match="^--gpus: |^--workers: ") as caught:
+    with pytest.raises(SpecError, match=r"^--gpus: |^--workers: ") as caught:
         plan(workers, gpus)
     assert message in str(caught.value)
 
@@ -108,7 +108,7 @@ def test_claiming_without_a_gpu_or_a_usable_directory_says_what_to_do(tmp_path: 
                                                                       monkeypatch,
                                                                       own_claims) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
-    with pytest.raises(RegsearchError, match="no GPU is visible .* without --claim-gpu"):
+    with pytest.raises(RegsearchError, match=r"no GPU is visible .* without --claim-gpu"):
         devices.claim_gpu(tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     (tmp_path / "file").write_text("", encoding="utf-8")

@@ -14,8 +14,9 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from datetime import datetime, timedelta, UTC
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import optuna
 import pytest
@@ -152,7 +153,7 @@ def utc(moment: datetime | str) -> datetime:
     SQLite gives plain SQL its ISO text."""
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def canonical(record: TrialRecord) -> TrialRecord:
@@ -199,7 +200,7 @@ PRECISE_OUTCOME = TrialOutcome(
 
 def test_fresh_ledger_creates_its_tables_and_schema_version(open_ledger, db_url) -> None:
     ledger = open_ledger()
-    assert LEDGER_TABLES <= set(sa.inspect(ledger.engine).get_table_names())
+    assert set(sa.inspect(ledger.engine).get_table_names()) >= LEDGER_TABLES
     assert meta_rows(ledger.engine) == {"schema_version": str(SCHEMA_VERSION)}
     open_study(ledger)
     ledger.trials_started(STUDY, [(0, PRECISE)])
@@ -245,10 +246,10 @@ def test_other_schema_version_is_refused_and_rows_are_untouched(open_ledger, db_
 def test_trial_row_and_epochs_hold_the_outcome_at_double_precision(open_ledger) -> None:
     ledger = open_ledger()
     open_study(ledger)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     ledger.trials_started(STUDY, [(0, PRECISE)])
     ledger.trials_ended(STUDY, [(0, None, PRECISE_OUTCOME)])
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
 
     [row] = trial_rows(ledger.engine)
     assert (row["number"], row["state"], row["regularizer"]) == (0, "complete", "l1_l2")
@@ -470,7 +471,7 @@ def test_workers_opening_a_new_server_database_at_once_all_succeed(db_url) -> No
         _drop_all_tables(db_url)
         barrier = threading.Barrier(6)
 
-        def worker() -> None:
+        def worker(barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
                 opened.append(Ledger(db_url))
@@ -651,7 +652,7 @@ def _check_trial(trial: optuna.trial.FrozenTrial, row: dict[str, Any], record: T
 
     # Each epoch Optuna saw (all but a diverged one) is in the ledger with the same score.
     assert [e[0] for e in epochs] == list(range(1, len(epochs) + 1)), where
-    for epoch, train_loss, val_loss, val_metric, penalty in epochs:
+    for epoch, _train_loss, _val_loss, val_metric, _penalty in epochs:
         if epoch in trial.intermediate_values:
             assert same(val_metric, trial.intermediate_values[epoch]), (where, epoch)
         else:

@@ -28,6 +28,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import FrozenTrial, TrialState
+import itertools
 
 pytestmark = [pytest.mark.slow]
 
@@ -686,7 +687,7 @@ def test_study_survives_a_dead_server_with_one_warning_and_no_stall(outage: Outa
     per_trial = run.line_time("trial 1 ") - run.line_time("trial 0 ")
     times = [outage.killed_at] + [run.line_time(f"trial {n} ")
                                   for n in range(2, outage.n_trials)]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) < 3 * per_trial + 10, (per_trial, gaps)
     assert run.ended_at - outage.killed_at < 60, (run.ended_at - outage.killed_at, gaps)
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from regsearch.trainers.base import EpochMetrics
 
 pytestmark = [pytest.mark.slow]
 SERVER_VARS = {"postgresql": "REGSEARCH_TEST_POSTGRES_URL", "mysql": "REGSEARCH_TEST_MYSQL_URL"}
-STARTED = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+STARTED = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 ENDED = STARTED + timedelta(seconds=3)
 
 

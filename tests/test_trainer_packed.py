@@ -256,7 +256,7 @@ def test_train_step_is_traced_once_across_packs_and_refills(make_spec) -> None:
     assert _compiled_epoch(trainer) is function
 
 
-def _compiled_epoch(trainer: PackedTrainer):  # noqa: ANN202 - a backend's function
+def _compiled_epoch(trainer: PackedTrainer):
     """What the trainer calls to train an epoch, as compiled the first time."""
     if keras.backend.backend() == "tensorflow":
         return trainer._tf_epoch.function
@@ -299,7 +299,7 @@ def test_dropout_members_score_like_the_reference_trainer(make_spec) -> None:
 
 
 class _AllZeroDraws:
-    def random(self, shape, dtype):  # noqa: ANN001, ANN201 - as numpy's Generator.random
+    def random(self, shape, dtype):
         return np.zeros(shape, dtype)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
@@ -113,7 +113,7 @@ class Confirmations:
                 summary = outcome.summary()
                 row.state, row.reason, row.finished = outcome.state, outcome.reason, now()
                 row.value = finite(outcome.value)
-                row.best_epoch, row.epochs_run = summary["best_epoch"], summary["epochs_run"]
+                row.best_epoch, row.epochs_run = outcome.best_epoch, outcome.epochs_run
                 for name in ("train_loss", "val_loss", "penalty", "test_metric", "seconds"):
                     setattr(row, name, finite(summary[name]))
                 row.epochs[:] = [ConfirmationEpochRow(

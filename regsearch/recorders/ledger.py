@@ -11,8 +11,9 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, UTC
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
@@ -302,7 +303,7 @@ class Ledger:
             return set(session.scalars(sa.select(TrialRow.number).join(StudyRow)
                                        .where(StudyRow.name == study, TrialRow.state == state)))
 
-    def _study_id(self, session: Session, name: str) -> int:
+    def _study_id(self, session: Session, name: str) -> int | None:
         return session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name))
 
     def _rows(self, session: Session, study: str, trials: Sequence[Any], *,
@@ -346,7 +347,7 @@ def _utc(moment: datetime | None) -> datetime | None:
     """SQLite and MySQL hand back naive datetimes; the ledger writes UTC."""
     if moment is None or moment.tzinfo is not None:
         return moment
-    return moment.replace(tzinfo=timezone.utc)
+    return moment.replace(tzinfo=UTC)
 
 
 def _nan(value: float | None) -> float:

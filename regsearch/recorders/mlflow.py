@@ -16,7 +16,8 @@ import time
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
 
 # MLflow's defaults retry a dead server for minutes; these bound each call to seconds.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -25,23 +26,23 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 # MLflow prints a "View run ... at: URL" line per run, password included, into our report.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import logging  # noqa: E402
+import logging
 
-import yaml  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from sqlalchemy.engine import make_url
 
-from regsearch.recorders.ledger import Ledger, TrialRecord  # noqa: E402
-from regsearch.recorders.mlflow_batch import BatchWriter, NewRun, RunEnd  # noqa: E402
-from regsearch.recorders.mlflow_confirm import SOURCE_TAG, ConfirmationWrites  # noqa: E402
-from regsearch.recorders.mlflow_identity import UID_TAG, check_owner  # noqa: E402
-from regsearch.recorders.mlflow_process import problem_line  # noqa: E402
-from regsearch.recorders.mlflow_store import seed_new_store  # noqa: E402
-from regsearch.space import RegConfig  # noqa: E402
-from regsearch.objective import is_better, ranks_above  # noqa: E402
-from regsearch.storage import DATABASE_ERRORS, mask_url  # noqa: E402
-from regsearch.trainers.base import EpochMetrics  # noqa: E402
+from regsearch.recorders.ledger import Ledger, TrialRecord
+from regsearch.recorders.mlflow_batch import BatchWriter, NewRun, RunEnd
+from regsearch.recorders.mlflow_confirm import SOURCE_TAG, ConfirmationWrites
+from regsearch.recorders.mlflow_identity import UID_TAG, check_owner
+from regsearch.recorders.mlflow_process import problem_line
+from regsearch.recorders.mlflow_store import seed_new_store
+from regsearch.space import RegConfig
+from regsearch.objective import is_better, ranks_above
+from regsearch.storage import DATABASE_ERRORS, mask_url
+from regsearch.trainers.base import EpochMetrics
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                                    "regsearch.state", "regsearch.complete")
@@ -152,7 +153,7 @@ class MlflowWriter(ConfirmationWrites):
         it has everything; one cut off before is rebuilt by `sync`."""
         ends = [self._run_end(run_id, record, metric) for run_id, record in finished]
         self._batched(lambda batch: batch.finish_runs(ends),
-                      lambda: [self._finish_run(end) for end in ends])
+                      lambda: list(map(self._finish_run, ends)))
 
     @staticmethod
     def _run_end(run_id: str, record: TrialRecord, metric: str) -> RunEnd:
@@ -189,7 +190,7 @@ class MlflowWriter(ConfirmationWrites):
             batch = self.batch
             if batch is not None:
                 return batched(batch)
-        except Exception as exc:  # noqa: BLE001 - the per-run calls meet any real fault
+        except Exception as exc:
             if isinstance(exc, DATABASE_ERRORS) or isinstance(exc.__cause__, DATABASE_ERRORS):
                 raise
             refused = exc
@@ -207,9 +208,12 @@ class MlflowWriter(ConfirmationWrites):
         sent = int(time.time() * 1000)
         points = {run_id: _epoch_points(run_epochs, metric, sent)
                   for run_id, run_epochs in epochs.items()}
-        self._batched(lambda batch: batch.log_metrics(points),
-                      lambda: [self._log(run_id, metrics=run_points)
-                               for run_id, run_points in points.items()])
+
+        def per_run() -> None:
+            for run_id, run_points in points.items():
+                self._log(run_id, metrics=run_points)
+
+        self._batched(lambda batch: batch.log_metrics(points), per_run)
 
     def write_trial(self, experiment_id: str, parent_id: str, record: TrialRecord,
                     metric: str) -> tuple[str, bool]:
@@ -238,6 +242,8 @@ class MlflowWriter(ConfirmationWrites):
         sync): it is written unless the parent names it already, which mends two workers'
         live writes that crossed.
         """
+        if record.value is None:
+            return
         key = f"best_{metric}"
         history = self.client.get_metric_history(parent_id, key)
         shown = self.client.get_run(parent_id).data
@@ -380,7 +386,7 @@ def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | Non
         parent_id = writer.parent_run(experiment_id, study, storage_url)
     except RegsearchError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any fault of the server ends sync with one line
         raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} is not reachable "
                              f"({problem_line(exc)}); start it and run sync again") from None
     written = kept = 0
@@ -390,7 +396,7 @@ def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | Non
         try:
             run_id, created = writer.write_trial(experiment_id, parent_id, record,
                                                  study["metric"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above, with the count written so far
             raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} failed while writing "
                                  f"trial {record.number} ({problem_line(exc)}); {written} runs "
                                  "were written; run sync again") from None

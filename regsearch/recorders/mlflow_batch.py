@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from mlflow.entities import LifecycleStage, Metric, RunStatus, SourceType
 from mlflow.exceptions import MlflowException
@@ -104,7 +105,8 @@ class BatchWriter:
             points, tags = [], []
             for end in ends:
                 run = found[end.run_id]
-                run.status, run.end_time = end.status, end.end_time or now
+                run.status = end.status  # type: ignore[assignment]
+                run.end_time = end.end_time or now  # type: ignore[assignment]
                 points += self._metric_rows(end.run_id, end.metrics)
                 tags += [{"run_uuid": end.run_id, "key": tag.key, "value": tag.value}
                          for tag in (_validate_tag(k, v) for k, v in end.tags.items())]

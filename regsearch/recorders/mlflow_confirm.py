@@ -13,14 +13,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from mlflow.entities import Metric
+
     from regsearch.recorders.confirmations import PlannedRun
     from regsearch.recorders.ledger import TrialRecord
+    from regsearch.recorders.mlflow_batch import BatchWriter, NewRun, RunEnd
 
 SOURCE_TAG = "best.source"
 
 
 class ConfirmationWrites:
     """`MlflowWriter`'s confirmation writes (a mixin: the writer process calls it by name)."""
+
+    if TYPE_CHECKING:  # what the mixin uses of `MlflowWriter`
+        def _batched(self, batched: Callable[[BatchWriter], Any],
+                     per_run: Callable[[], Any]) -> Any: ...
+        def _start_run(self, experiment_id: str, new: NewRun) -> str: ...
+        @staticmethod
+        def _run_end(run_id: str, record: TrialRecord, metric: str) -> RunEnd: ...
+        def _finish_run(self, end: RunEnd) -> None: ...
+        def _log(self, run_id: str, *, metrics: Iterable[Metric] = (),
+                 tags: dict[str, str] | None = None) -> None: ...
 
     def write_confirmations(self, experiment_id: str, parent_id: str, study: str,
                             runs: list[tuple[PlannedRun, TrialRecord]], metric: str) -> list[str]:
@@ -44,7 +59,7 @@ class ConfirmationWrites:
         ends = [self._run_end(run_id, record, metric)
                 for run_id, (_, record) in zip(ids, runs)]
         self._batched(lambda batch: batch.finish_runs(ends),
-                      lambda: [self._finish_run(end) for end in ends])
+                      lambda: list(map(self._finish_run, ends)))
         return ids
 
     def set_confirmed(self, parent_id: str, winner: dict[str, Any], verdict: str,

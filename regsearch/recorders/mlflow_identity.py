@@ -76,7 +76,7 @@ def _tags_in_database(tracking_uri: str, name: str) -> dict[str, str] | None:
 def _tags_over_rest(tracking_uri: str, name: str) -> dict[str, str] | None:
     parts = urllib.parse.urlsplit(tracking_uri)
     query = urllib.parse.urlencode({"experiment_name": name})
-    base = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    base = parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else ""))
     request = urllib.request.Request(
         f"{base.geturl().rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}")
     if parts.username:  # as MLflow's client sends a URL's user and password
@@ -85,7 +85,7 @@ def _tags_over_rest(tracking_uri: str, name: str) -> dict[str, str] | None:
         request.add_header("Authorization",
                            "Basic " + base64.b64encode(secret.encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT) as reply:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=_TIMEOUT) as reply:
             experiment = json.load(reply).get("experiment", {})
     except urllib.error.HTTPError as exc:
         return {} if exc.code == 404 else None

@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import Any, Callable, TextIO, TypeVar
+from datetime import datetime, UTC
+from typing import Any, TextIO, TypeVar
+from collections.abc import Callable
 
 from optuna.trial import TrialState
 
-from regsearch.objective import ranked, ranks_above
+from regsearch.objective import Score, ranked, ranks_above
 from regsearch.recorders.ledger import Ledger, TrialRecord
 from regsearch.recorders.mlflow_process import WriterProcess, problem_line
 from regsearch.space import RegConfig, from_params
@@ -66,12 +67,13 @@ class MlflowRecorder:
         self.experiment_id = self.parent_id = ""
         self.optuna_study: Any = None
         self.run_ids: dict[int, str] = {}
-        self.best: tuple[float, float | None] | None = None  # (value, val_loss)
+        self.best: Score | None = None
 
     # ---------------------------------------------------------------- listener
 
     def study_opened(self, run: Any) -> None:
         info = self.ledger.study(run.spec.name)
+        assert info is not None, "the driver records a study before it is opened"
         self.study, self.metric = info["name"], info["metric"]
         self.direction = info["direction"]
         self.optuna_study = run.study
@@ -89,7 +91,7 @@ class MlflowRecorder:
         self._submit(open_study)
 
     def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
-        moment = datetime.now(timezone.utc)
+        moment = datetime.now(UTC)
         self._submit(lambda: self._start(started, moment))
 
     def _start(self, started: list[tuple[int, RegConfig]], moment: datetime) -> None:
@@ -233,7 +235,7 @@ class MlflowRecorder:
             try:
                 if self.failed is None:
                     task()
-            except Exception as exc:  # any MLflow failure: warn once, keep training
+            except Exception as exc:  # noqa: BLE001 - any MLflow failure: warn once, train on
                 self.failed = problem_line(exc)
                 self._warn(self.failed)
             finally:

@@ -21,7 +21,8 @@ import pickle
 import signal
 import subprocess
 import sys
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
+from collections.abc import Callable
 
 from regsearch import faults
 from regsearch.storage import mask_url, tune_sqlite
@@ -48,9 +49,11 @@ class WriterProcess:
     whatever the parent does next). Calls are not thread-safe: one thread makes them."""
 
     def __init__(self, tracking_uri: str) -> None:
-        self.process = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", __name__, tracking_uri], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE)
+        assert process.stdin is not None and process.stdout is not None
+        self.process, self.requests, self.replies = process, process.stdin, process.stdout
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_"):
@@ -59,9 +62,9 @@ class WriterProcess:
 
     def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
         try:
-            pickle.dump((method, args, kwargs), self.process.stdin)
-            self.process.stdin.flush()
-            ok, value = pickle.load(self.process.stdout)
+            pickle.dump((method, args, kwargs), self.requests)
+            self.requests.flush()
+            ok, value = pickle.load(self.replies)
         except (EOFError, OSError, pickle.UnpicklingError):
             raise WriterFailed(f"the MLflow writer process ended (exit code "
                                f"{self.process.poll()})") from None
@@ -72,7 +75,7 @@ class WriterProcess:
     def close(self, timeout: float = 10.0) -> None:
         """End the child once it has answered what was asked; kill it after `timeout`."""
         try:
-            self.process.stdin.close()
+            self.requests.close()
         except OSError:
             pass
         try:
@@ -84,7 +87,7 @@ class WriterProcess:
         """Stop sending requests without waiting: the child ends once it has opened the
         store (never killed half-way through creating it)."""
         try:
-            self.process.stdin.close()
+            self.requests.close()
         except OSError:
             pass
 

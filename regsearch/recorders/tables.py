@@ -7,7 +7,7 @@ trained again with a fresh seed) and its epochs. `Ledger` writes and reads them.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -22,7 +22,7 @@ Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysq
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def finite(value: float | None) -> float | None:

@@ -41,7 +41,7 @@ def import_keras() -> None:
     """Import Keras (and its backend) with TensorFlow's start-up notices left out of
     stderr; anything else written meanwhile still gets there."""
     if "keras" in sys.modules or not _QUIET:
-        import keras  # noqa: F401
+        import keras
         return
     with tempfile.TemporaryFile() as sink:
         sys.stderr.flush()
@@ -58,7 +58,7 @@ def import_keras() -> None:
                                      if not _START_UP_NOTICES.search(line)))
 
 
-def make_trainer(run: StudyRun):  # noqa: ANN201 - the trainer classes import keras
+def make_trainer(run: StudyRun):
     """The trainer the study file names (`trainer:`), imported only when needed."""
     import_keras()
     objective = {"metric": run.objective.metric, "direction": run.objective.direction}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from regsearch.objective import is_better, ranks_above
 from regsearch.spec import EarlyStopping
@@ -119,7 +120,7 @@ class StopRules:
             self.best_epoch = metrics.epoch
         if prune(metrics):
             return self._stop(PRUNED, f"pruned at epoch {metrics.epoch}")
-        if self.early and metrics.epoch - self.best_epoch >= self.early.patience:
+        if self.early and metrics.epoch - (self.best_epoch or 0) >= self.early.patience:
             return self._stop(COMPLETE, f"early stopping at epoch {metrics.epoch}")
         return True
 

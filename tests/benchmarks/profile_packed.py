@@ -34,12 +34,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).parent))
 
-import throughput  # noqa: E402 - the benchmark's own problem definition
+import throughput
+import itertools
 
 
 def _options(args: argparse.Namespace, epochs: int) -> argparse.Namespace:
@@ -170,9 +172,9 @@ def kernels(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, widths[0]), dtype=np.float32)
     kernels0 = [rng.standard_normal((members, a, b), dtype=np.float32) / math.sqrt(a)
-                for a, b in zip(widths, widths[1:])]
+                for a, b in itertools.pairwise(widths)]
 
-    def step(batch_x, weights, matmul, transpose):  # noqa: ANN001, ANN202 - either library's
+    def step(batch_x, weights, matmul, transpose):
         """A linear pack's forward and backward matmuls (the output is its own gradient;
         the shared (B, in) input batch broadcast over the members); one SGD update."""
         inputs, h = [], batch_x
@@ -186,14 +188,14 @@ def kernels(args: argparse.Namespace) -> None:
                 g = matmul(g, transpose(weights[i]))
         return [w - 1e-6 * dw for w, dw in zip(weights, grads)]
 
-    def tf_transpose(t):  # noqa: ANN001, ANN202
+    def tf_transpose(t):
         return tf.linalg.matrix_transpose(t)
 
-    def np_transpose(t):  # noqa: ANN001, ANN202
+    def np_transpose(t):
         return np.swapaxes(t, -1, -2)
 
     @tf.function(jit_compile=True)
-    def compiled(weights):  # noqa: ANN001, ANN202
+    def compiled(weights):
         return tf.while_loop(lambda i, _: i < steps,
                              lambda i, ws: (i + 1, step(x, ws, tf.matmul, tf_transpose)),
                              (0, weights))[1]

@@ -49,7 +49,9 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+import itertools
 
 if TYPE_CHECKING:
     import keras
@@ -126,13 +128,13 @@ def fit_args(spec: StudySpec, data: Dataset) -> dict[str, Any]:
 def dense_weights(spec: StudySpec, data: Dataset) -> int:
     """Kernel weights of one model (biases left out: they add no multiply-adds)."""
     widths = [data.n_features, *spec.model.hidden_units, data.output_units]
-    return sum(a * b for a, b in zip(widths, widths[1:]))
+    return sum(a * b for a, b in itertools.pairwise(widths))
 
 
 def result(spec: StudySpec, data: Dataset, *, trials: int, epochs_run: int,
            best: float | None, **extra: Any) -> dict[str, Any]:
     return {"trials": trials, "epochs_run": epochs_run, "best_val_accuracy": best,
-            "n_train": int(len(data.x_train)), "dense_weights": dense_weights(spec, data),
+            "n_train": len(data.x_train), "dense_weights": dense_weights(spec, data),
             **extra}
 
 
@@ -469,11 +471,12 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append(f"matmul probe failed: {probe.get('error')}")
     ran = {n: out for n, out in report["results"].items() if "wall_s" in out}
-    lines += [""] + _table(
+    table = _table(
         ("contestant", "trials", "wall s", "trials/s", "x user", "best acc", "process s"),
         [(name, out["trials"], f"{out['wall_s']:.1f}", f"{out['trials_per_s']:.3f}",
           _fmt(out["speedup_vs_user_script"], "{:.2f}x"), _fmt(out["best_val_accuracy"], "{:.4f}"),
           f"{out['process_s']:.1f}") for name, out in ran.items()])
+    lines += ["", *table]
     for name, out in report["results"].items():
         if "skipped" in out:
             lines.append(f"{name}: {out['skipped']}")

@@ -38,7 +38,7 @@ def start_backend() -> None:
 #: (K, N, out) and its weights (K, ...) in `build_model(...).get_weights()` order.
 
 
-def activate(logits, task: str):  # noqa: ANN001, ANN202 - backend tensors
+def activate(logits, task: str):
     """The standard model's output activation on the packed logits."""
     activation = OUTPUT_ACTIVATION[task]
     if activation == "softmax":

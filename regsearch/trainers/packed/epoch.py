@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -49,8 +49,8 @@ class TensorFlowEpoch:
         mask = (self.masks if self.masks is not None else
                 tf.constant(self._padded(np.ones(len(x), np.float32), padded)))
 
-        def step(i):  # noqa: ANN001, ANN202 - a graph tensor
-            def rows(t):  # noqa: ANN001, ANN202 - batch i, with a static shape for XLA
+        def step(i):
+            def rows(t):
                 return tf.slice(t, [i * batch_size] + [0] * (t.shape.rank - 1),
                                 [batch_size, *t.shape[1:]])
 
@@ -59,7 +59,7 @@ class TensorFlowEpoch:
             return (i + 1,)
 
         @tf.function(jit_compile=jit_compile, autograph=False)
-        def epoch():  # noqa: ANN202 - tensors
+        def epoch():
             (done,) = tf.while_loop(lambda i: i < steps, step, (tf.constant(0),))
             if readout is None:
                 return ()

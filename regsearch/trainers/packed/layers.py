@@ -113,7 +113,7 @@ class MemberDataLoss(keras.metrics.Metric):
     """Per-member mean data loss over the samples seen (training mode), shape (K,)."""
 
     def __init__(self, members: int, task: str, name: str = "member_data_loss",
-                 targets=None) -> None:  # noqa: ANN001 - `PackedNet.member_targets`
+                 targets=None) -> None:
         super().__init__(name=name)
         self.task, self.targets = task, targets
         self.total = self.add_variable(shape=(members,), initializer="zeros", name="total")
@@ -135,11 +135,11 @@ class MemberDataLoss(keras.metrics.Metric):
 
 
 @ops.custom_gradient
-def _penalty_gradient(kernel, l1, l2):  # noqa: ANN001, ANN202 - backend tensors
+def _penalty_gradient(kernel, l1, l2):
     """Zero, with the gradient of `l1 * sum|kernel| + l2 * sum(kernel**2)` per member."""
     shape = (-1,) + (1,) * (len(kernel.shape) - 1)
 
-    def gradient(*args, upstream=None):  # noqa: ANN001, ANN202
+    def gradient(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
         scale = ops.reshape(upstream, shape)
@@ -223,7 +223,7 @@ class PackedNet(keras.Model):
             total = total + _penalty_gradient(layer.kernel, self.l1, self.l2)
         return total
 
-    def member_targets(self, y):  # noqa: ANN001, ANN201 - backend tensors
+    def member_targets(self, y):
         """(K, B) regression targets in each member's own standardization; None else."""
         if not (self.standardizes and self.task == "regression"):
             return None
@@ -252,7 +252,7 @@ class MemberWrites:
     def __init__(self) -> None:
         self._rows: dict[int, tuple] = {}
 
-    def set(self, var, slot: int, value) -> None:  # noqa: ANN001 - a variable, a value
+    def set(self, var, slot: int, value) -> None:
         self._rows.setdefault(id(var), (var, {}))[1][slot] = np.asarray(value)
 
     def apply(self) -> None:

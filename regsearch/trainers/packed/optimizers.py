@@ -10,7 +10,7 @@ from regsearch.trainers.packed.layers import MemberWrites
 SUPPORTED_OPTIMIZERS = ("adam", "sgd")
 
 
-class _SlotMixin:
+class _SlotMixin(keras.optimizers.Optimizer):
     """Per-slot optimizer state: reset a slot's moments and restart its step count."""
 
     members: int

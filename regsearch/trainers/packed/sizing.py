@@ -9,6 +9,7 @@ import keras
 from regsearch.data import Dataset
 from regsearch.spec import StudySpec
 from regsearch.trainers.packed.backend import PREDICT_CHUNK, start_backend
+import itertools
 
 CPU_PACK_CAP = 64
 GPU_PACK_CAP = 256
@@ -16,7 +17,7 @@ GPU_PACK_CAP = 256
 
 def member_parameters(spec: StudySpec, data: Dataset) -> int:
     widths = [data.n_features, *spec.model.hidden_units, data.output_units]
-    return sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    return sum((a + 1) * b for a, b in itertools.pairwise(widths))
 
 
 def _gpu_memory() -> int | None:
