@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     "load_spec": "regsearch.spec",
     "parse_spec": "regsearch.spec",
@@ -33,6 +31,10 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # pyproject.toml is its one home
+        from importlib.metadata import version
+
+        return version("regsearch")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'regsearch' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)

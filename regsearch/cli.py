@@ -7,6 +7,7 @@ import sys
 from typing import Any, NoReturn
 from collections.abc import Callable, Sequence
 
+from regsearch import presentation
 from regsearch.errors import RegsearchError
 from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, trials_of
 
@@ -217,9 +218,16 @@ def _field(path: str) -> Callable[[str], Any]:
     return convert
 
 
+def _version() -> str:
+    from regsearch import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="regsearch", description="Search Keras regularization with Optuna.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"regsearch {_version()}")
     # Accepted after the subcommand too; SUPPRESS keeps it from resetting one given before.
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -320,21 +328,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _show_warnings() -> None:
-    """What the package logs as a warning reaches the terminal as one line of its own."""
-    import logging
-
-    logger = logging.getLogger("regsearch")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("regsearch: warning: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _show_warnings()
+    presentation.quiet_libraries()
+    presentation.show_warnings()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         code = handler(args)

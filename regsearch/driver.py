@@ -7,7 +7,6 @@ check; listeners (progress display, recorders) see configs, epochs and outcomes.
 from __future__ import annotations
 
 import gc
-import logging
 import sys
 import time
 import uuid
@@ -48,10 +47,15 @@ UID_ATTR, TASK_ATTR = "regsearch_uid", "regsearch_task"
 DEFAULT_ATTR = "regsearch_default"  # trial user attr: the unregularized yardstick
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
-optuna.logging.set_verbosity(logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# The driver keeps heartbeats itself (`Heartbeat`), with ask/tell rather than optimize.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+@contextmanager
+def _without_optuna_notices() -> Iterator[None]:
+    """Optuna's notices about features used as designed: experimental APIs, and heartbeats
+    with ask/tell (the driver keeps them itself, `Heartbeat`). Filters restored after."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
 
 
 Started = tuple[int, RegConfig]  # (trial number, config)
@@ -124,6 +128,7 @@ def trial_seed(study_seed: int, number: int) -> int:
     return (study_seed * 1_000_003 + number) % (2**31 - 1)
 
 
+@_without_optuna_notices()
 def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
              storage: str | None = None, mlflow: str | None = None,
              join: bool = False) -> StudyRun:
@@ -235,6 +240,7 @@ def mend_ledger(run: StudyRun) -> int:
     return run.ledger.mend(run.spec.name, optuna_records(run.spec.name, trials))
 
 
+@_without_optuna_notices()
 def prepare(run: StudyRun) -> None:
     """Create what workers share (the study exists already; MLflow's experiment and parent
     run here), once, then close: `regsearch init` and the launcher."""
@@ -260,6 +266,7 @@ def confirm_only(run: StudyRun, trainer: Any) -> bool:
                 getattr(recorder, "close", lambda: None)()
 
 
+@_without_optuna_notices()
 def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *,
               max_trials: int | None = None) -> bool:
     """Run trials until the study's budget or the timeout is spent.

@@ -457,3 +457,28 @@ def test_a_home_folder_in_urls_means_the_home_folder(tmp_path: Path) -> None:
                              cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert flagged.returncode == 0, show(flagged)
     assert not (work / "~").exists()
+
+
+def test_version_is_the_installed_metadata_and_pyprojects(capsys: pytest.CaptureFixture) -> None:
+    import importlib.metadata
+    import tomllib
+
+    from regsearch import cli as regsearch_cli
+
+    with pytest.raises(SystemExit) as ended:
+        regsearch_cli.main(["--version"])
+    assert ended.value.code == 0
+    installed = importlib.metadata.version("regsearch")
+    assert capsys.readouterr().out.strip() == f"regsearch {installed}"
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["version"] == installed
+
+
+def test_the_extra_the_gp_error_names_exists() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert any(dep.startswith("torch") for dep in extras["gp"])
+    driver_text = (Path(__file__).parents[1] / "regsearch" / "driver.py").read_text()
+    assert "pip install 'regsearch[gp]'" in driver_text

@@ -19,15 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from collections.abc import Callable, Iterable
 
-# MLflow's defaults retry a dead server for minutes; these bound each call to seconds.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-# MLflow prints a "View run ... at: URL" line per run, password included, into our report.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
-import logging
-
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -50,8 +41,13 @@ _STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
 T = TypeVar("T")
 
-for _noisy in ("mlflow", "alembic"):  # their INFO lines would drown the progress display
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+#: Set (unless the user has) when a writer starts: MLflow's defaults retry a dead server
+#: for minutes, these bound each call to seconds; and MLflow's "View run ... at: URL" line
+#: per run, password included, stays out of the report.
+CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+                   "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -79,6 +75,8 @@ class MlflowWriter(ConfirmationWrites):
     """Synchronous MLflow writes; shared by live recording and `regsearch sync`."""
 
     def __init__(self, tracking_uri: str) -> None:
+        for variable, value in CLIENT_SETTINGS.items():
+            os.environ.setdefault(variable, value)
         self.tracking_uri = tracking_uri
         seed_new_store(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -144,6 +144,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import sqlalchemy
 
+    from regsearch.presentation import quiet_libraries
+
+    quiet_libraries()
+
     tune_sqlite(sqlalchemy.Engine)  # a local SQLite store (MLflow's own engine)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach replies

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
+from typing import TYPE_CHECKING
 
-# TensorFlow's C++ start-up chatter drowns the progress display; users can still override.
-_QUIET = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "3"
-
-import re  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
-
-from regsearch.trainers.base import EpochMetrics, StopRules, TrialOutcome  # noqa: E402
+from regsearch.trainers.base import EpochMetrics, StopRules, TrialOutcome
 
 if TYPE_CHECKING:
     from regsearch.driver import StudyRun
@@ -40,7 +36,9 @@ _START_UP_NOTICES = re.compile(r"All log messages before absl::InitializeLog|"
 def import_keras() -> None:
     """Import Keras (and its backend) with TensorFlow's start-up notices left out of
     stderr; anything else written meanwhile still gets there."""
-    if "keras" in sys.modules or not _QUIET:
+    # TensorFlow's C++ start-up chatter drowns the progress display; users can override.
+    quiet = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "3"
+    if "keras" in sys.modules or not quiet:
         import keras
         return
     with tempfile.TemporaryFile() as sink:

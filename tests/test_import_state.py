@@ -1,0 +1,60 @@
+"""Importing regsearch changes no process-wide setting: a notebook keeps its own logging,
+warnings filters and environment. The CLI sets its presentation when it runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PROBE = """
+import logging, os, warnings
+import mlflow, numpy, optuna, pandas, sklearn, sqlalchemy, yaml  # their own import effects
+
+def snapshot():
+    return (list(warnings.filters), dict(os.environ),
+            {n: logging.getLogger(n).level
+             for n in ("optuna", "mlflow", "alembic", "regsearch", "")},
+            list(logging.getLogger("regsearch").handlers), logging.getLogger("regsearch").propagate)
+
+before = snapshot()
+import regsearch, regsearch.cli, regsearch.driver, regsearch.launcher, regsearch.report
+import regsearch.confirm, regsearch.recorders.mlflow, regsearch.recorders.mlflow_live
+import regsearch.trainers
+after = snapshot()
+names = ("warnings filters", "environment", "logger levels", "regsearch handlers", "propagate")
+print([name for name, a, b in zip(names, before, after) if a != b])
+"""
+
+
+def test_importing_the_package_changes_no_global_state() -> None:
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_cli_quiets_libraries_and_shows_warnings_as_lines() -> None:
+    import logging
+
+    from regsearch import presentation
+
+    saved = {n: logging.getLogger(n).level for n in presentation.NOISY_LOGGERS}
+    logger = logging.getLogger("regsearch")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    try:
+        for name in presentation.NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+        logger.handlers.clear()
+        presentation.quiet_libraries()
+        presentation.show_warnings()
+        assert all(logging.getLogger(n).level == logging.WARNING
+                   for n in presentation.NOISY_LOGGERS)
+        assert len(logger.handlers) == 1 and not logger.propagate
+        record = logging.LogRecord("regsearch", logging.WARNING, "x", 1, "disk %s", ("full",),
+                                   None)
+        assert logger.handlers[0].format(record) == "regsearch: warning: disk full"
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
