@@ -2,10 +2,9 @@
 
 The public API, resolved lazily so that `regsearch validate` never imports TensorFlow::
 
-    spec = regsearch.load_spec("studies/digits-quick.yaml")
-    run = regsearch.open_run(spec)
-    regsearch.run_study(run, regsearch.make_trainer(run))
-    print(regsearch.summarize(run.study)["best"])
+    result = regsearch.search("studies/digits-quick.yaml", trials=30)
+    print(result.best_config, result.best["value"])
+    later = regsearch.load("digits-quick", storage="sqlite:///runs/regsearch.db")
 """
 
 from __future__ import annotations
@@ -14,6 +13,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "search": "regsearch.api",
+    "load": "regsearch.api",
+    "StudyResult": "regsearch.api",
     "load_spec": "regsearch.spec",
     "parse_spec": "regsearch.spec",
     "StudySpec": "regsearch.spec",

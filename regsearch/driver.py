@@ -96,6 +96,9 @@ class StudyRun:
     unbeaten_since: dict[int, float] = field(default_factory=dict)
     #: how many running trials the last Ctrl-C or SIGTERM failed
     interrupted: int = 0
+    #: Optuna's storage of the study, for `close_run`
+    storage: optuna.storages.RDBStorage | None = None
+    recorders_closed: bool = False
 
     @property
     def shared(self) -> bool:
@@ -218,7 +221,8 @@ def _open_records(spec: StudySpec, data: Dataset, objective: Objective, url: str
     run = StudyRun(spec, study, data, objective,
                    n_trials if n_trials is not None else spec.search.budget(points, timeout),
                    timeout if timeout is not None else spec.search.timeout, url, ledger,
-                   uid=study.user_attrs.get(UID_ATTR, uid), tracking_uri=tracking_uri)
+                   uid=study.user_attrs.get(UID_ATTR, uid), tracking_uri=tracking_uri,
+                   storage=rdb)
     mend_ledger(run)
     run.recorders = [LedgerRecorder(ledger)]
     if tracking_uri:
@@ -246,8 +250,7 @@ def prepare(run: StudyRun) -> None:
     run here), once, then close: `regsearch init` and the launcher."""
     for recorder in run.recorders:
         recorder.study_opened(run)
-    for recorder in run.recorders:
-        getattr(recorder, "close", lambda: None)()
+    _close_recorders(run)
 
 
 def confirm_only(run: StudyRun, trainer: Any) -> bool:
@@ -262,8 +265,23 @@ def confirm_only(run: StudyRun, trainer: Any) -> bool:
             with interrupts.deferred_sigint():
                 return confirm_study(run, trainer, _say)
         finally:
-            for recorder in run.recorders:
-                getattr(recorder, "close", lambda: None)()
+            _close_recorders(run)
+
+
+def _close_recorders(run: StudyRun) -> None:
+    if not run.recorders_closed:
+        run.recorders_closed = True
+        for recorder in run.recorders:
+            getattr(recorder, "close", lambda: None)()
+
+
+def close_run(run: StudyRun) -> None:
+    """Close what `open_run` opened: the recorders (the MLflow writer drains), then the
+    ledger's and the study's database connections."""
+    _close_recorders(run)
+    run.ledger.engine.dispose()
+    if run.storage is not None:
+        run.storage.engine.dispose()
 
 
 @_without_optuna_notices()
@@ -314,8 +332,7 @@ def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     finally:
         if heartbeat is not None:
             heartbeat.stop()
-        for recorder in run.recorders:
-            getattr(recorder, "close", lambda: None)()
+        _close_recorders(run)
 
 
 def _search_over(run: StudyRun) -> bool:

@@ -7,6 +7,7 @@ and a notebook user of `regsearch.search` keeps their own logging.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 #: Loggers whose INFO lines (a line per trial or per migration) would drown the progress
@@ -15,7 +16,9 @@ NOISY_LOGGERS = ("optuna", "mlflow", "alembic")
 
 
 def quiet_libraries() -> None:
-    """Optuna's, MLflow's and Alembic's loggers at WARNING."""
+    """Optuna's, MLflow's and Alembic's loggers at WARNING, in this process and (MLflow
+    sets its level from the environment whenever it is imported) in its children."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -22,9 +22,10 @@ from regsearch.spec import StudySpec
 from regsearch.trainers.base import DIVERGED
 from regsearch.storage import mask_url, open_storage
 
-def load_study(name: str, storage_url: str) -> optuna.Study:
+def load_study(name: str, storage_url: str,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """An existing study by name; a missing one is an error listing what is there."""
-    storage = open_storage(storage_url, must_exist=True)
+    storage = storage or open_storage(storage_url, must_exist=True)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(
         storage, include_best_trial=False))
     if name not in names:

@@ -709,6 +709,12 @@ def load_spec(path: str | Path) -> StudySpec:
                                     "(ready-made studies are in studies/)") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(source, "", f"cannot be read as a UTF-8 text file ({exc})") from None
+    return parse_spec_text(text, source=source, base=path.resolve().parent)
+
+
+def parse_spec_text(text: str, *, source: str = "<study text>",
+                    base: Path | None = None) -> StudySpec:
+    """A study given as YAML text; relative data paths are taken from `base`."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except DuplicateKeyError as exc:
@@ -718,4 +724,4 @@ def load_spec(path: str | Path) -> StudySpec:
         line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(source, line, f"invalid YAML: {problem}") from None
-    return parse_spec(raw, source=source, base=path.resolve().parent)
+    return parse_spec(raw, source=source, base=base)
