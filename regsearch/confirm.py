@@ -21,8 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from regsearch import space
 from regsearch.objective import difference_text, ranked
-from regsearch.recorders.confirmations import (PLANNED, ConfirmationRecord, Confirmations,
+from regsearch.recorders.confirmations import (ConfirmationRecord, Confirmations,
                                                PlannedRun, config_key)
+from regsearch.states import State
 from regsearch.stats import Estimate, estimate, paired_gain
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
@@ -122,7 +123,7 @@ def confirm_study(run: StudyRun, trainer: Any, say: Callable[[str], None]) -> bo
                                             "seeds": settings.seeds})
         records.plan(run.spec.name, runs)
         done = {(r.run.key, r.run.seed_index) for r in records.records(run.spec.name)
-                if r.state != PLANNED}
+                if r.state != State.PLANNED}
         todo = [r for r in runs if (r.key, r.seed_index) not in done]
         if todo:
             configs = len({r.key for r in runs})
@@ -185,7 +186,7 @@ def results(records: Sequence[ConfirmationRecord], stored: dict[str, Any] | None
         return []
     keys, seeds = set(stored["keys"]), stored["seeds"]
     mine = [r for r in records if r.run.key in keys and r.run.seed_index < seeds]
-    if len(mine) < len(keys) * seeds or any(r.state == PLANNED for r in mine):
+    if len(mine) < len(keys) * seeds or any(r.state == State.PLANNED for r in mine):
         return []
     by_key: dict[str, list[ConfirmationRecord]] = {}
     for record in mine:
@@ -204,7 +205,7 @@ def results(records: Sequence[ConfirmationRecord], stored: dict[str, Any] | None
             val_loss=estimate([r.val_loss for r in group if r.val_loss is not None]),
             test=estimate(tests) if tests else None,
             gain=None if key == default_key else paired_gain(direction, scored, baseline),
-            failed=sum(r.state == "failed" for r in group),
+            failed=sum(r.state == State.FAILED for r in group),
             epochs=_median([r.best_epoch for r in group if r.best_epoch is not None])))
     scored_out = [c for c in out if c.score.n]
     return ranked(direction, scored_out, lambda c: (c.score.mean, c.val_loss.mean, 0)) + \

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from regsearch import faults, interrupts, space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import SpecError, StorageError, StudyMismatchError
-from regsearch.liveness import (ABANDONED, DIED, INTERRUPTED, STOPPED, UNCOUNTED, Heartbeat,
+from regsearch.liveness import (UNCOUNTED, Heartbeat,
                                 config_of, count_done, fail_abandoned, reap_dead, requeue)
 from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
@@ -34,18 +34,18 @@ from regsearch.storage import (DATABASE_ERRORS, check_storage_url, check_trackin
                                is_sqlite, mask_url,
                                open_storage, same_database, sqlite_file)
 from regsearch.study_io import PackStorage
-from regsearch.trainers.base import (COMPLETE, FAILED, PRUNED, EpochMetrics, TrialOutcome)
+from regsearch.states import OPTUNA_STATE, KillReason, State
+from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 if TYPE_CHECKING:
     from regsearch.recorders.mlflow_process import WriterProcess
 
-__all__ = ["ABANDONED", "DIED", "INTERRUPTED", "STOPPED", "UNCOUNTED", "config_of",
+__all__ = ["UNCOUNTED", "config_of",
            "count_done", "fail_abandoned", "reap_dead", "requeue"]
 
 SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
 UID_ATTR, TASK_ATTR = "regsearch_uid", "regsearch_task"
 DEFAULT_ATTR = "regsearch_default"  # trial user attr: the unregularized yardstick
-_STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 
 @contextmanager
@@ -537,12 +537,13 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
     """
     interrupted = isinstance(exc, KeyboardInterrupt)
     stopped = isinstance(exc, interrupts.Stopped)
-    reason = STOPPED if stopped else INTERRUPTED if interrupted else f"error: {exc!r}"
+    reason = (KillReason.STOPPED if stopped else KillReason.INTERRUPTED if interrupted
+              else f"error: {exc!r}")
     try:
         # A stopped worker's trials are failed and re-queued under the budget lock, so no
         # other worker takes their place in the budget between the two.
         with run.ledger.budget_lock(run.spec.name) if stopped else nullcontext():
-            told = _tell(run, [(trial, TrialOutcome(state=FAILED, reason=reason))
+            told = _tell(run, [(trial, TrialOutcome(state=State.FAILED, reason=reason))
                                for trial in running], listeners, heartbeat,
                          uncounted=interrupted)
             run.interrupted = len(told) if interrupted else 0
@@ -572,10 +573,10 @@ def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
     told: list[tuple[_Running, TrialOutcome]] = []
     with run.pack.telling():
         for running, outcome in finished:
-            value = outcome.value if outcome.state == COMPLETE else None
+            value = outcome.value if outcome.state == State.COMPLETE else None
             try:
                 if running.trial._trial_id not in refused:
-                    run.study.tell(running.trial, value, state=_STATES[outcome.state])
+                    run.study.tell(running.trial, value, state=OPTUNA_STATE[outcome.state])
                     told.append((running, outcome))
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -600,8 +601,8 @@ def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         **outcome.summary(),
         **outcome.member_summary(),
-        "fail_reason": outcome.reason if outcome.state == FAILED else None,
-        "stop_reason": outcome.reason if outcome.state != FAILED else None,
+        "fail_reason": outcome.reason if outcome.state == State.FAILED else None,
+        "stop_reason": outcome.reason if outcome.state != State.FAILED else None,
     }
     return {k: v for k, v in attrs.items() if v is not None}
 

@@ -20,17 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from regsearch import faults, space
 from regsearch.space import RegConfig
+from regsearch.states import KillReason
 from regsearch.study_io import fail_trials, stale_trial_ids, unbeaten_trial_ids
 
 if TYPE_CHECKING:
     from regsearch.driver import StudyRun
 
-INTERRUPTED = "interrupted by the user"
-STOPPED = "its worker was stopped (SIGTERM); re-queued"
-ABANDONED = "its process ended while the trial was running"
-DIED = "its worker stopped sending heartbeats (killed or lost)"
-#: Reasons of trials whose process was stopped or lost, not of trials that failed.
-KILLED_REASONS = (INTERRUPTED, STOPPED, ABANDONED, DIED)
 UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
 
 
@@ -106,7 +101,7 @@ def reap_dead(run: StudyRun) -> None:
     dead |= {trial_id for trial_id, since in run.unbeaten_since.items()
              if now - since >= run.spec.workers.grace_period}
     if dead:
-        fail_dead(run, [storage.get_trial(trial_id) for trial_id in sorted(dead)], DIED)
+        fail_dead(run, [storage.get_trial(trial_id) for trial_id in sorted(dead)], KillReason.DIED)
 
 
 def fail_abandoned(run: StudyRun) -> None:
@@ -114,7 +109,7 @@ def fail_abandoned(run: StudyRun) -> None:
 
     Only for a process that holds the SQLite study alone: whatever runs there was left by
     a process that died. The sampler proposes afresh in their place."""
-    fail_dead(run, run.running_trials(), ABANDONED, retry=False)
+    fail_dead(run, run.running_trials(), KillReason.ABANDONED, retry=False)
 
 
 class Heartbeat:

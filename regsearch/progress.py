@@ -10,7 +10,8 @@ from regsearch.driver import StudyRun
 from regsearch.space import RegConfig
 from regsearch.objective import ranks_above
 from regsearch.spec import UNLIMITED, trials_of
-from regsearch.trainers.base import COMPLETE, EpochMetrics, TrialOutcome
+from regsearch.states import State
+from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 
 class Progress:
@@ -50,7 +51,7 @@ class Progress:
             self._trial_ended(number, config, outcome)
 
     def _trial_ended(self, number: int, config: RegConfig, outcome: TrialOutcome) -> None:
-        if outcome.state == COMPLETE and outcome.value is not None:
+        if outcome.state == State.COMPLETE and outcome.value is not None:
             loss = outcome.summary()["val_loss"]
             if ranks_above(self.direction, (outcome.value, loss), self._best_rank):
                 self.best, self._best_rank = (outcome.value, number), (outcome.value, loss)

@@ -13,13 +13,13 @@ from __future__ import annotations
 from datetime import datetime, UTC
 from collections.abc import Iterable
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from regsearch.liveness import config_of
 from regsearch.recorders.ledger import TrialRecord
-from regsearch.trainers.base import COMPLETE, FAILED, PRUNED, SUMMARY_FIELDS, EpochMetrics
+from regsearch.states import FROM_OPTUNA
+from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics
 
-_STATES = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
 _NAN = float("nan")
 
 
@@ -27,7 +27,7 @@ def optuna_records(study: str, trials: Iterable[FrozenTrial]) -> list[TrialRecor
     """Optuna's finished trials as ledger records: state, value, reason and the summary
     Optuna keeps beside them; per-epoch scores from its intermediate values (the losses of
     each epoch live only in the ledger, so a mended row's epochs hold the objective alone)."""
-    return [_record(study, trial) for trial in trials if trial.state in _STATES]
+    return [_record(study, trial) for trial in trials if trial.state in FROM_OPTUNA]
 
 
 def _record(study: str, trial: FrozenTrial) -> TrialRecord:
@@ -36,7 +36,7 @@ def _record(study: str, trial: FrozenTrial) -> TrialRecord:
                                 penalty=_NAN)
                    for step, value in sorted(trial.intermediate_values.items()))
     return TrialRecord(
-        study=study, number=trial.number, state=_STATES[trial.state], config=config_of(trial),
+        study=study, number=trial.number, state=FROM_OPTUNA[trial.state], config=config_of(trial),
         value=trial.value, reason=attrs.get("fail_reason") or attrs.get("stop_reason"),
         summary={key: attrs.get(key) for key in SUMMARY_FIELDS}, epochs=epochs,
         started=_utc(trial.datetime_start), finished=_utc(trial.datetime_complete),

@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from regsearch import confirm, driver, report
 from regsearch.progress import Progress
-from regsearch.recorders.confirmations import PLANNED, Confirmations
+from regsearch.recorders.confirmations import Confirmations
+from regsearch.states import State
 from regsearch.space import DEFAULT, RegConfig
 from regsearch.stats import estimate, paired_gain
 from regsearch.trainers import make_trainer
@@ -156,7 +157,7 @@ def test_confirmation_records_each_run_once_and_names_the_best(make_spec, tmp_pa
     rows = Confirmations(run.ledger).records("confirmed")
     configs = {r.run.key for r in rows}  # the top 2, and the default unless among them
     assert len(configs) in (2, 3) and rows_key({"config": DEFAULT.as_dict()}) in configs
-    assert len(rows) == 3 * len(configs) and not [r for r in rows if r.state == PLANNED]
+    assert len(rows) == 3 * len(configs) and not [r for r in rows if r.state == State.PLANNED]
     assert len({(r.run.key, r.run.seed_index) for r in rows}) == len(rows)
     assert all(len(r.epochs) == r.epochs_run >= 1 and math.isfinite(r.value) for r in rows)
     runs = mlflow_runs(run.spec.mlflow.tracking_uri, "confirmed", "confirmation")
@@ -216,13 +217,13 @@ def test_an_interrupted_confirmation_resumes_without_duplicates(make_spec) -> No
         driver.run_study(run, StopsAfter(make_trainer(run), 4 * 3 + 3 * 3 + 4))
     records = Confirmations(run.ledger)
     done = {(r.run.key, r.run.seed_index): r.value for r in records.records(spec.name)
-            if r.state != PLANNED}
+            if r.state != State.PLANNED}
     configs = len({r.run.key for r in records.records(spec.name)})
     assert 0 < len(done) < 3 * configs, done  # some runs ended, others never started
     again = driver.open_run(spec)  # as `regsearch confirm` opens the study
     assert driver.confirm_only(again, make_trainer(again)) is True
     rows = records.records(spec.name)
-    assert len(rows) == 3 * configs and not [r for r in rows if r.state == PLANNED]
+    assert len(rows) == 3 * configs and not [r for r in rows if r.state == State.PLANNED]
     for row in rows:  # what was done is kept, not trained again
         assert done.get((row.run.key, row.run.seed_index), row.value) == row.value
     runs = mlflow_runs(spec.mlflow.tracking_uri, spec.name, "confirmation")

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from regsearch.states import KillReason
 from regsearch import driver, space, study_io
 from regsearch.errors import DataError, SpecError, StorageError, StudyMismatchError
 from regsearch.trainers import make_trainer
@@ -114,7 +115,7 @@ def test_interrupted_trial_is_failed_and_does_not_spend_budget(make_spec) -> Non
         driver.run_study(study_run, InterruptSecond(make_trainer(study_run)))
     states = [t.state for t in study_run.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
-    assert study_run.study.trials[1].user_attrs["fail_reason"] == driver.INTERRUPTED
+    assert study_run.study.trials[1].user_attrs["fail_reason"] == KillReason.INTERRUPTED
     assert study_run.done == 1
     finished = run(spec)
     assert finished.done == 4 and len(finished.study.trials) == 5

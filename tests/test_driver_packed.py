@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
+from regsearch.states import KillReason
 from regsearch import driver, interrupts
 from regsearch.trainers import make_trainer
 
@@ -79,7 +80,7 @@ def test_ctrl_c_fails_every_running_member_and_a_rerun_completes(make_spec) -> N
         driver.run_study(study_run, make_trainer(study_run),
                          [Concurrency(interrupt_at_epoch_report=18)])
     trials = study_run.study.trials
-    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == driver.INTERRUPTED]
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == KillReason.INTERRUPTED]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert [t.number for t in interrupted] == [4, 5, 6, 7]
     assert all(t.state == TrialState.FAIL for t in interrupted)

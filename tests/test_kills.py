@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from optuna.trial import TrialState
 
-from regsearch.liveness import KILLED_REASONS
+from regsearch.states import KillReason
 from servers import (counted, ledger_rows, mlflow_runs, regsearch, role, trials_of,
                      write_study)
 
@@ -50,7 +50,7 @@ def assert_records_agree(storage: str, mlflow: str, name: str) -> None:
     for trial in trials:
         if trial.state == TrialState.FAIL:
             assert trial.user_attrs.get("uncounted") is True, shown
-            assert trial.user_attrs["fail_reason"].startswith(KILLED_REASONS), shown
+            assert trial.user_attrs["fail_reason"].startswith(tuple(KillReason)), shown
     rows = ledger_rows(storage, name, "state", "value")
     assert sorted(rows) == [t.number for t in trials], (rows, shown)
     for trial in trials:

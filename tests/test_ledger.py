@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from regsearch.states import KillReason
 from regsearch import driver, space
 from regsearch.errors import StorageError
 from regsearch.recorders.ledger import (SCHEMA_VERSION, Base, Ledger, MetaRow, TrialRecord)
@@ -514,12 +515,12 @@ def test_fail_abandoned_fails_the_trial_in_optuna_and_the_ledger(db_url, make_sp
         driver.fail_abandoned(run)
         [trial] = run.study.get_trials()
         assert trial.state == TrialState.FAIL
-        assert trial.user_attrs["fail_reason"] == driver.ABANDONED
+        assert trial.user_attrs["fail_reason"] == KillReason.ABANDONED
         assert trial.user_attrs[driver.UNCOUNTED] is True
         assert run.done == 0 == driver.count_done([trial])
         [row] = trial_rows(run.ledger.engine)
         assert (row["number"], row["state"], row["reason"]) == (number, "failed",
-                                                               driver.ABANDONED)
+                                                               KillReason.ABANDONED)
         assert row["finished"] is not None
     finally:
         _close(run)
@@ -550,7 +551,7 @@ def test_running_a_sqlite_study_fails_what_a_dead_process_left_running(db_url,
             rows = trial_rows(second.ledger.engine)
             trials = second.study.get_trials()
             assert [(r["state"], r["reason"]) for r in rows] == [
-                ("failed", driver.ABANDONED), ("complete", None)]
+                ("failed", KillReason.ABANDONED), ("complete", None)]
             assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     finally:
         _close(second)

@@ -11,7 +11,7 @@ from sklearn.metrics import log_loss, mean_squared_error
 from regsearch.data import load_dataset
 from regsearch.space import RegConfig
 from regsearch.spec import resolve_objective
-from regsearch.trainers.base import FAILED, PRUNED
+from regsearch.states import State
 from regsearch.trainers.keras import KerasTrainer
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_divergence_fails_the_trial_with_a_reason(make_spec) -> None:
                      train={"epochs": 5, "optimizer": "sgd", "learning_rate": 1e6})
     trainer, _ = _trainer(spec)
     outcome = trainer.train(RegConfig("none"), seed=0, prune=_never)
-    assert outcome.state == FAILED
+    assert outcome.state == State.FAILED
     assert outcome.value is None
     assert "non-finite" in outcome.reason and "diverged" in outcome.reason
 
@@ -80,7 +80,7 @@ def test_prune_check_stops_training_at_that_epoch(make_spec) -> None:
     trainer, _ = _trainer(spec)
     outcome = trainer.train(RegConfig("l2", l2=1e-4), seed=0,
                             prune=lambda metrics: metrics.epoch == 2)
-    assert outcome.state == PRUNED
+    assert outcome.state == State.PRUNED
     assert outcome.epochs_run == 2
 
 

@@ -16,7 +16,7 @@ from regsearch import metrics
 from regsearch.data import load_dataset
 from regsearch.space import RegConfig
 from regsearch.spec import resolve_objective
-from regsearch.trainers.base import COMPLETE, FAILED
+from regsearch.states import State
 from regsearch.trainers.keras import KerasTrainer, fit_targets
 from regsearch.trainers.packed import PackedNet, PackedTrainer, choose_pack_size
 
@@ -83,7 +83,7 @@ def test_member_trains_exactly_like_its_standalone_model(make_spec, kind) -> Non
         assert got.val_loss == pytest.approx(_val_loss(reference, data), rel=1e-4)
         expected_penalty = float(sum(keras.ops.convert_to_numpy(x) for x in reference.losses))
         assert got.penalty == pytest.approx(expected_penalty, rel=1e-4, abs=1e-9)
-    assert finished[slot].state == COMPLETE
+    assert finished[slot].state == State.COMPLETE
     assert trainer.free_slots() == [0, 1, 2, 3]
 
 
@@ -107,7 +107,7 @@ def test_member_trains_exactly_like_its_standalone_model_on_every_task(make_spec
         assert history[epoch - 1].train_loss == pytest.approx(train_loss, rel=1e-4)
         assert history[epoch - 1].val_loss == pytest.approx(_val_loss(reference, data),
                                                             rel=1e-4)
-    assert finished[slot].state == COMPLETE
+    assert finished[slot].state == State.COMPLETE
 
 
 def test_adam_bias_correction_uses_each_slots_own_step(make_spec) -> None:
@@ -216,14 +216,14 @@ def test_a_diverging_member_fails_alone(make_spec) -> None:
             trainer.set_member_weights(bad, [w * 1e30 for w in trainer.member_weights(bad)])
         finished = trainer.run_epoch()
         if poison:
-            assert finished[bad].state == FAILED
+            assert finished[bad].state == State.FAILED
             assert "non-finite" in finished[bad].reason
             assert trainer.occupied() == [0, 2]
         finished.update(trainer.run_epoch())
         runs.append(finished)
     poisoned, clean = runs
     for slot in (0, 2):
-        assert poisoned[slot].state == COMPLETE
+        assert poisoned[slot].state == State.COMPLETE
         for a, b in zip(poisoned[slot].history, clean[slot].history, strict=True):
             assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
             assert a.val_loss == pytest.approx(b.val_loss, rel=1e-6)

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from regsearch import driver
-from regsearch.driver import DIED, STOPPED, UNCOUNTED
+from regsearch.driver import UNCOUNTED
+from regsearch.states import KillReason
 from regsearch.spec import load_spec
 from regsearch.trainers import make_trainer
 from servers import (TIMEOUT, Relay, assert_one_gpu_per_worker, check_agreement, counted,
@@ -163,7 +164,7 @@ def test_a_killed_workers_trial_is_failed_rerun_and_its_mlflow_run_killed(tmp_pa
     trials = check_agreement(storage, mlflow, "killed", 3)
     dead = next(t for t in trials if t.number == victim.number)
     assert dead.state == TrialState.FAIL and dead.user_attrs.get(UNCOUNTED)
-    assert dead.user_attrs["fail_reason"].startswith(DIED)
+    assert dead.user_attrs["fail_reason"].startswith(KillReason.DIED)
     rerun = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(rerun) == 1 and rerun[0].params == victim.params
     assert rerun[0].state == TrialState.COMPLETE
@@ -201,7 +202,7 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_rerun(tmp_path
     driver.reap_dead(run)
     trials = run.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
-    assert all(t.user_attrs["fail_reason"].startswith(DIED) for t in trials[:2])
+    assert all(t.user_attrs["fail_reason"].startswith(KillReason.DIED) for t in trials[:2])
     assert sorted(t.params["dropout"] for t in trials[2:]) == \
         sorted(o.params["dropout"] for o in orphans)
     assert driver.run_study(run, make_trainer(run)) is False
@@ -227,10 +228,10 @@ def test_sigterm_ends_a_worker_in_its_grace_period_and_requeues_its_trial(tmp_pa
     trials = trials_of(storage, "stopped")
     stopped = next(t for t in trials if t.number == victim.number)
     assert stopped.state == TrialState.FAIL and stopped.user_attrs.get(UNCOUNTED)
-    assert stopped.user_attrs["fail_reason"] == STOPPED
+    assert stopped.user_attrs["fail_reason"] == KillReason.STOPPED
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].params == victim.params
-    assert ledger_rows(storage, "stopped")[victim.number] == ("failed", STOPPED)
+    assert ledger_rows(storage, "stopped")[victim.number] == ("failed", KillReason.STOPPED)
     assert mlflow_trials(mlflow, "stopped")[victim.number] == ["KILLED"]
     # A new worker runs the re-queued trial first and finishes the study.
     again = regsearch(tmp_path, "worker", study.name, storage=storage, mlflow=mlflow)

@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session, selectinload
 from regsearch.recorders.ledger import Ledger
 from regsearch.recorders.tables import (ConfirmationEpochRow, ConfirmationRow, LockRow,
                                         StudyRow, finite, now)
+from regsearch.states import State
 from regsearch.space import RegConfig
 from regsearch.storage import engine_kwargs
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
-PLANNED = "planned"
 
 
 def config_key(config: RegConfig) -> str:
@@ -101,7 +101,7 @@ class Confirmations:
                 session.add(ConfirmationRow(
                     study_id=study_id, config_key=run.key, trial=run.trial,
                     is_default=run.is_default, seed_index=run.seed_index, seed=run.seed,
-                    state=PLANNED, regularizer=run.config.regularizer, l1=run.config.l1,
+                    state=State.PLANNED, regularizer=run.config.regularizer, l1=run.config.l1,
                     l2=run.config.l2, dropout=run.config.dropout))
 
     def ended(self, study: str, ended: Sequence[tuple[PlannedRun, TrialOutcome]]) -> None:

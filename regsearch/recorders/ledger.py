@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
 from regsearch.errors import StorageError
+from regsearch.states import State
 from regsearch.space import RegConfig
-from regsearch.recorders.tables import (RUNNING, SCHEMA_VERSION, Base, EpochRow, LockRow,
+from regsearch.recorders.tables import (SCHEMA_VERSION, Base, EpochRow, LockRow,
                                         MemberRow, MetaRow, StudyRow, TrialRow, finite, now)
 from regsearch.storage import engine_kwargs, mask_url, tune_sqlite
 from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
@@ -144,7 +145,7 @@ class Ledger:
                 study_id = study_id or self._study_id(session, study)
                 row = rows[number] = TrialRow(study_id=study_id, number=number)
                 session.add(row)
-            row.state, row.worker_host, row.started = RUNNING, socket.gethostname(), now()
+            row.state, row.worker_host, row.started = State.RUNNING, socket.gethostname(), now()
             row.regularizer, row.l1, row.l2, row.dropout = (
                 config.regularizer, config.l1, config.l2, config.dropout)
             # A re-run trial starts clean: nothing of an earlier attempt may look current.
@@ -193,8 +194,8 @@ class Ledger:
             self._start_rows(session, study, [(n, c) for n, c in trials.items() if n not in rows],
                              rows)
             for number in trials:
-                if rows[number].state == RUNNING:
-                    rows[number].state, rows[number].reason = "failed", reason
+                if rows[number].state == State.RUNNING:
+                    rows[number].state, rows[number].reason = State.FAILED, reason
                     rows[number].finished = now()
 
     def mend(self, study: str, records: Sequence[TrialRecord]) -> int:
@@ -284,7 +285,7 @@ class Ledger:
         order = TrialRow.value.desc() if direction == "maximize" else TrialRow.value.asc()
         with Session(self.engine) as session:  # `regsearch.objective`'s rule, in SQL
             row = session.scalar(sa.select(TrialRow).join(StudyRow).where(
-                StudyRow.name == study, TrialRow.state == "complete",
+                StudyRow.name == study, TrialRow.state == State.COMPLETE,
                 TrialRow.value.is_not(None)).order_by(
                 order, TrialRow.val_loss.is_(None), TrialRow.val_loss.asc(),
                 TrialRow.number).limit(1))
@@ -294,7 +295,7 @@ class Ledger:
         """How many finished trials MLflow may lack (not written since they ended)."""
         with Session(self.engine) as session:
             return session.scalar(sa.select(sa.func.count()).select_from(TrialRow).join(
-                StudyRow).where(StudyRow.name == study, TrialRow.state != RUNNING,
+                StudyRow).where(StudyRow.name == study, TrialRow.state != State.RUNNING,
                                 TrialRow.mlflow_synced.is_(False))) or 0
 
     def numbers(self, study: str, state: str) -> set[int]:

@@ -31,13 +31,14 @@ from regsearch.recorders.mlflow_identity import UID_TAG, check_owner
 from regsearch.recorders.mlflow_process import problem_line
 from regsearch.recorders.mlflow_store import seed_new_store
 from regsearch.space import RegConfig
+from regsearch.states import KillReason, State
 from regsearch.objective import is_better, ranks_above
 from regsearch.storage import DATABASE_ERRORS, mask_url
 from regsearch.trainers.base import EpochMetrics
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                                    "regsearch.state", "regsearch.complete")
-_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+_STATUS = {State.COMPLETE: "FINISHED", State.PRUNED: "KILLED", State.FAILED: "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
 T = TypeVar("T")
 
@@ -342,11 +343,9 @@ def _epoch_points(epochs: Iterable[EpochMetrics], metric: str, stamp: int) -> li
 
 def _status(record: TrialRecord) -> str:
     """MLflow's run status; a trial whose process was stopped or lost was KILLED."""
-    from regsearch.liveness import KILLED_REASONS
-
-    if record.state == "failed" and (record.reason or "").startswith(KILLED_REASONS):
+    if record.state == State.FAILED and KillReason.of(record.reason) is not None:
         return "KILLED"
-    return _STATUS.get(record.state, "FAILED")
+    return _STATUS.get(State(record.state), "FAILED")
 
 
 def _ms(moment: datetime | None) -> int | None:
@@ -389,7 +388,7 @@ def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | Non
                              f"({problem_line(exc)}); start it and run sync again") from None
     written = kept = 0
     for record in ledger.records(name, unsynced_only=unsynced_only):
-        if record.state == "running":
+        if record.state == State.RUNNING:
             continue
         try:
             run_id, created = writer.write_trial(experiment_id, parent_id, record,

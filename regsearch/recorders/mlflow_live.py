@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from regsearch.objective import Score, ranked, ranks_above
 from regsearch.recorders.ledger import Ledger, TrialRecord
 from regsearch.recorders.mlflow_process import WriterProcess, problem_line
+from regsearch.states import State
 from regsearch.space import RegConfig, from_params
 from regsearch.storage import DATABASE_ERRORS, mask_url
 from regsearch.trainers.base import EpochMetrics
@@ -86,7 +87,7 @@ class MlflowRecorder:
             self.experiment_id = self.writer.experiment(self.study, uid)
             self.parent_id = self.writer.parent_run(self.experiment_id, info, storage)
             # Read when the writer gets here (it may be seconds later), not when queued.
-            failed = self._from_ledger(lambda: self.ledger.numbers(self.study, "failed"))
+            failed = self._from_ledger(lambda: self.ledger.numbers(self.study, State.FAILED))
             self.writer.close_stale(self.experiment_id, failed or set())
         self._submit(open_study)
 
@@ -142,7 +143,7 @@ class MlflowRecorder:
         self._from_ledger(lambda: self.ledger.set_mlflow(self.study, synced, synced=True))
         best = None
         for record, _ in records:
-            if record.value is not None and record.state == "complete" and self._better(record):
+            if record.value is not None and record.state == State.COMPLETE and self._better(record):
                 best = record
         if best is not None:
             self.writer.set_best(self.parent_id, best, self.metric, self.direction)
@@ -204,7 +205,7 @@ class MlflowRecorder:
         if not top:
             return None
         trial = top[0]
-        return TrialRecord(self.study, trial.number, "complete", from_params(trial.params),
+        return TrialRecord(self.study, trial.number, State.COMPLETE, from_params(trial.params),
                            value=trial.value,
                            summary={"val_loss": trial.user_attrs.get("val_loss")})
 

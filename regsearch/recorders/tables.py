@@ -16,7 +16,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from regsearch.space import RegConfig
 
 SCHEMA_VERSION = 1
-RUNNING = "running"
 # MySQL/MariaDB DATETIME drops fractions of a second unless asked for 6 digits.
 Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 

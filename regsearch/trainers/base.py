@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
 
+from regsearch.states import State
 from regsearch.objective import is_better, ranks_above
 from regsearch.spec import EarlyStopping
 
-COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 DIVERGED = "(training diverged)"  # ends the reason of a trial whose numbers went non-finite
 #: Per-trial numbers kept beside the value (Optuna user attrs, ledger columns, MLflow).
 SUMMARY_FIELDS = ("best_epoch", "epochs_run", "seconds", "penalty", "train_loss", "val_loss",
@@ -44,7 +44,7 @@ PruneCheck = Callable[[EpochMetrics], bool]
 
 @dataclass
 class TrialOutcome:
-    state: str
+    state: State
     value: float | None = None
     best_epoch: int | None = None
     history: list[EpochMetrics] = field(default_factory=list)
@@ -101,7 +101,7 @@ class StopRules:
         self.early = early_stopping
         self.history: list[EpochMetrics] = []
         self.best_epoch: int | None = None
-        self.state: str | None = None
+        self.state: State | None = None
         self.reason: str | None = None
 
     @property
@@ -114,14 +114,14 @@ class StopRules:
         bad = [n for n in ("train_loss", "val_loss", "val_metric", "penalty")
                if not math.isfinite(getattr(metrics, n))]
         if bad:
-            return self._stop(FAILED, f"non-finite {', '.join(bad)} at epoch {metrics.epoch} "
-                                      f"{DIVERGED}")
+            return self._stop(State.FAILED, f"non-finite {', '.join(bad)} at epoch "
+                                            f"{metrics.epoch} {DIVERGED}")
         if self.improved(metrics):
             self.best_epoch = metrics.epoch
         if prune(metrics):
-            return self._stop(PRUNED, f"pruned at epoch {metrics.epoch}")
+            return self._stop(State.PRUNED, f"pruned at epoch {metrics.epoch}")
         if self.early and metrics.epoch - (self.best_epoch or 0) >= self.early.patience:
-            return self._stop(COMPLETE, f"early stopping at epoch {metrics.epoch}")
+            return self._stop(State.COMPLETE, f"early stopping at epoch {metrics.epoch}")
         return True
 
     def improved(self, metrics: EpochMetrics) -> bool:
@@ -135,14 +135,14 @@ class StopRules:
             ranks_above(self.direction, (metrics.val_metric, metrics.val_loss),
                         (best.val_metric, best.val_loss))
 
-    def _stop(self, state: str, reason: str) -> bool:
+    def _stop(self, state: State, reason: str) -> bool:
         self.state, self.reason = state, reason
         return False
 
     def outcome(self, seconds: float) -> TrialOutcome:
-        state = self.state or COMPLETE
+        state = self.state or State.COMPLETE
         # As in Optuna: a pruned trial's value is the one it was pruned at.
-        value = {COMPLETE: self.best_value, FAILED: None}.get(
+        value = {State.COMPLETE: self.best_value, State.FAILED: None}.get(
             state, self.history[-1].val_metric if self.history else None)
         return TrialOutcome(
             state=state,

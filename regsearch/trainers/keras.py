@@ -14,7 +14,8 @@ from regsearch.model import DATA_LOSS, build_model
 from regsearch.space import RegConfig
 from regsearch.spec import StudySpec
 from regsearch.folds import View
-from regsearch.trainers.base import (FAILED, EpochMetrics, PruneCheck, StopRules, TrialOutcome,
+from regsearch.states import State
+from regsearch.trainers.base import (EpochMetrics, PruneCheck, StopRules, TrialOutcome,
                                      combine)
 
 _PREDICT_CHUNK = 8192
@@ -90,7 +91,7 @@ class KerasTrainer:
                       epochs=self.spec.train.epochs, shuffle=True, verbose=0,
                       callbacks=[watcher])
             outcome = watcher.rules.outcome(time.perf_counter() - started)
-            if outcome.state != FAILED and watcher.best_weights is not None:
+            if outcome.state != State.FAILED and watcher.best_weights is not None:
                 model.set_weights(watcher.best_weights)
                 self._finish(model, outcome)
                 if keep_model:
@@ -128,7 +129,7 @@ class KerasTrainer:
                 if not keep_going:
                     break
             outcome = rules.outcome(time.perf_counter() - started)
-            if outcome.state != FAILED and best is not None:
+            if outcome.state != State.FAILED and best is not None:
                 for model, weights in zip(models, best[0]):
                     model.set_weights(weights)
                 outcome.member_values = [m.val_metric for m in best[1]]

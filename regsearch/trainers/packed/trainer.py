@@ -14,7 +14,8 @@ from regsearch.data import Dataset
 from regsearch.space import RegConfig
 from regsearch.spec import StudySpec
 from regsearch.folds import View
-from regsearch.trainers.base import (FAILED, EpochMetrics, PruneCheck, StopRules,
+from regsearch.states import State
+from regsearch.trainers.base import (EpochMetrics, PruneCheck, StopRules,
                                      TrialOutcome, combine)
 from regsearch.trainers.keras import KerasTrainer
 from regsearch.trainers.packed.backend import (PREDICT_CHUNK, activate, start_backend,
@@ -268,7 +269,7 @@ class PackedTrainer:
     def _finish(self, k: int) -> TrialOutcome:
         slot = self.slots[k]
         outcome = slot.rules.outcome(slot.seconds)
-        if outcome.state != FAILED and slot.best_weights is not None:
+        if outcome.state != State.FAILED and slot.best_weights is not None:
             for member, weights in zip(slot.members, slot.best_weights):
                 self.set_member_weights(member, weights)
             n_hidden = len(self.model.hidden)
