@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from regsearch import space
 from regsearch.objective import difference_text, ranked
+from regsearch.protocols import PackTrainer, Trainer
 from regsearch.recorders.confirmations import (ConfirmationRecord, Confirmations,
                                                PlannedRun, config_key)
 from regsearch.states import State
@@ -72,19 +73,19 @@ def stored_plan(study: Any) -> dict[str, Any] | None:
 Trained = Callable[[list[tuple[PlannedRun, TrialOutcome]]], None]
 
 
-def train(runs: Sequence[PlannedRun], trainer: Any, ended: Trained) -> None:
+def train(runs: Sequence[PlannedRun], trainer: Trainer, ended: Trained) -> None:
     """Train the runs seed by seed (a pack's members share their batches and dropout noise,
     so a seed's configurations are compared on the same draws), calling `ended` per batch."""
     for index in sorted({run.seed_index for run in runs}):
         batch = [run for run in runs if run.seed_index == index]
-        if hasattr(trainer, "run_epoch"):
+        if isinstance(trainer, PackTrainer):
             _train_packed(batch, trainer, ended)
         else:
             for run in batch:
                 ended([(run, trainer.train(run.config, seed=run.seed, prune=_never))])
 
 
-def _train_packed(batch: list[PlannedRun], trainer: Any, ended: Trained) -> None:
+def _train_packed(batch: list[PlannedRun], trainer: PackTrainer, ended: Trained) -> None:
     trainer.reseed(batch[0].seed)
     waiting, active = list(batch), dict[int, PlannedRun]()
     while waiting or active:
@@ -102,7 +103,7 @@ def _never(_metrics: EpochMetrics) -> bool:
     return False
 
 
-def confirm_study(run: StudyRun, trainer: Any, say: Callable[[str], None]) -> bool:
+def confirm_study(run: StudyRun, trainer: Trainer, say: Callable[[str], None]) -> bool:
     """Confirm the study if no other process is doing it; whether this process did.
 
     What is confirmed is planned from the search as it stands now and stored with the
@@ -135,7 +136,7 @@ def confirm_study(run: StudyRun, trainer: Any, say: Callable[[str], None]) -> bo
         def ended(batch: list[tuple[PlannedRun, TrialOutcome]]) -> None:
             records.ended(run.spec.name, batch)
             for recorder in run.recorders:
-                getattr(recorder, "confirmations_ended", lambda _b: None)(batch)
+                recorder.confirmations_ended(batch)
 
         train(todo, trainer, ended)
         confirmed = results(records.records(run.spec.name), stored_plan(run.study),
@@ -145,8 +146,7 @@ def confirm_study(run: StudyRun, trainer: Any, say: Callable[[str], None]) -> bo
             if todo:
                 say(f"confirmed: {sentence}")
             for recorder in run.recorders:
-                getattr(recorder, "confirmed", lambda _w, _v: None)(confirmed[0].as_dict(),
-                                                                     sentence)
+                recorder.confirmed(confirmed[0].as_dict(), sentence)
     return True
 
 

@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from collections.abc import Iterator, Sequence
 
 import optuna
@@ -27,6 +27,7 @@ from regsearch.liveness import (UNCOUNTED, Heartbeat,
                                 config_of, count_done, fail_abandoned, reap_dead, requeue)
 from regsearch.space import RegConfig
 from regsearch.spec import Objective, StudySpec, resolve_objective
+from regsearch.protocols import Listener, PackTrainer, Trainer
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
 from regsearch.storage import (DATABASE_ERRORS, check_storage_url, check_tracking_uri,
@@ -56,23 +57,6 @@ def _without_optuna_notices() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         yield
-
-
-Started = tuple[int, RegConfig]  # (trial number, config)
-Ended = tuple[int, RegConfig, TrialOutcome]
-
-
-class Listener(Protocol):
-    """Told what happens, in order; must not raise (recorders turn failures into warnings).
-
-    Trials start and end in batches (a pack's slots fill together, and its trials often
-    end in the same epoch), so a recorder can write a batch in one transaction.
-    """
-
-    def study_opened(self, run: StudyRun) -> None: ...
-    def trials_started(self, started: list[Started]) -> None: ...
-    def epoch_ended(self, number: int, metrics: EpochMetrics) -> None: ...
-    def trials_ended(self, ended: list[Ended]) -> None: ...
 
 
 @dataclass
@@ -253,7 +237,7 @@ def prepare(run: StudyRun) -> None:
     _close_recorders(run)
 
 
-def confirm_only(run: StudyRun, trainer: Any) -> bool:
+def confirm_only(run: StudyRun, trainer: Trainer) -> bool:
     """`regsearch confirm`: confirm the study as it stands, recorded as a run would; whether
     this process did it (another may be confirming it)."""
     from regsearch.confirm import confirm_study
@@ -272,7 +256,7 @@ def _close_recorders(run: StudyRun) -> None:
     if not run.recorders_closed:
         run.recorders_closed = True
         for recorder in run.recorders:
-            getattr(recorder, "close", lambda: None)()
+            recorder.close()
 
 
 def close_run(run: StudyRun) -> None:
@@ -285,7 +269,7 @@ def close_run(run: StudyRun) -> None:
 
 
 @_without_optuna_notices()
-def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *,
+def run_study(run: StudyRun, trainer: Trainer, listeners: Sequence[Listener] = (), *,
               max_trials: int | None = None) -> bool:
     """Run trials until the study's budget or the timeout is spent.
 
@@ -304,7 +288,7 @@ def run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener] = (), *
         return _run_study(run, trainer, listeners, max_trials)
 
 
-def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
+def _run_study(run: StudyRun, trainer: Trainer, listeners: Sequence[Listener],
                max_trials: int | None) -> bool:
     listeners = [*run.recorders, *listeners]
     for listener in listeners:
@@ -312,7 +296,7 @@ def _run_study(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     if not run.shared:  # this process holds the SQLite study: what still runs was abandoned
         fail_abandoned(run)
     deadline = time.monotonic() + run.timeout if run.timeout else float("inf")
-    loop = _run_packed if hasattr(trainer, "run_epoch") else _run_one_by_one
+    loop: Any = _run_packed if isinstance(trainer, PackTrainer) else _run_one_by_one
     heartbeat = Heartbeat(run) if run.shared else None
     try:
         with interrupts.deferred_sigint(), _long_lived_frozen():
@@ -368,7 +352,7 @@ def _long_lived_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _run_one_by_one(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
+def _run_one_by_one(run: StudyRun, trainer: Trainer, listeners: Sequence[Listener],
                     deadline: float, heartbeat: Heartbeat | None, max_trials: float) -> bool:
     started = 0
     while time.monotonic() < deadline:
@@ -382,7 +366,7 @@ def _run_one_by_one(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
             continue
         running, started = asked[0], started + 1
         try:
-            outcome = trainer.train(running.config, prune=running.prune,
+            outcome = trainer.train(running.chosen, prune=running.prune,
                                     seed=trial_seed(run.spec.seed, running.trial.number))
         except BaseException as exc:
             _abort(run, [running], exc, listeners, heartbeat)
@@ -391,7 +375,7 @@ def _run_one_by_one(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
     return False
 
 
-def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
+def _run_packed(run: StudyRun, trainer: PackTrainer, listeners: Sequence[Listener],
                 deadline: float, heartbeat: Heartbeat | None, max_trials: float) -> bool:
     """Keep every slot busy: ask a trial for each free slot, train an epoch, tell results."""
     active: dict[int, _Running] = {}
@@ -406,7 +390,7 @@ def _run_packed(run: StudyRun, trainer: Any, listeners: Sequence[Listener],
                 if asked is None and not active:
                     return False
                 for running in asked or []:
-                    slot = trainer.assign(running.config, prune=running.prune,
+                    slot = trainer.assign(running.chosen, prune=running.prune,
                                           seed=trial_seed(run.spec.seed, running.trial.number))
                     active[slot] = running
                     started += 1
@@ -511,6 +495,11 @@ class _Running:
     listeners: Sequence[Listener]
     pruning: bool
     unreported: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> RegConfig:
+        assert self.config is not None, "suggested right after the ask"
+        return self.config
 
     def prune(self, metrics: EpochMetrics) -> bool:
         """Report the epoch; with a pruner, to Optuna at once, else when the trial ends.

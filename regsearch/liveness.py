@@ -80,8 +80,7 @@ def fail_dead(run: StudyRun, trials: list[FrozenTrial], reason: str, *,
         run.ledger.fail_running(run.spec.name, configs, text)
     if failed:
         for recorder in run.recorders:
-            getattr(recorder, "trials_killed", lambda _numbers: None)(
-                [t.number for t in failed])
+            recorder.trials_killed([t.number for t in failed])
     return failed
 
 

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TextIO
 
+from regsearch.protocols import Listener
 from regsearch.driver import StudyRun
 from regsearch.space import RegConfig
 from regsearch.objective import ranks_above
@@ -14,7 +15,7 @@ from regsearch.states import State
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 
-class Progress:
+class Progress(Listener):
     """A `driver.Listener` that shows trials done, best so far and time left."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:

@@ -202,6 +202,32 @@ def test_refilled_slot_matches_a_fresh_trainer(make_spec) -> None:
         assert a.penalty == pytest.approx(b.penalty, rel=1e-5)
 
 
+def test_both_trainers_meet_the_trainer_protocol_and_train_alone_is_a_pack_of_one(
+        make_spec) -> None:
+    from regsearch.protocols import PackTrainer, Trainer
+
+    spec = make_spec(train__epochs=3)
+    alone, data, objective = _setup(spec, pack_size=2)
+    reference = KerasTrainer(spec, data, metric=objective.metric,
+                             direction=objective.direction)
+    assert isinstance(alone, PackTrainer) and isinstance(reference, Trainer)
+    assert not isinstance(reference, PackTrainer)  # the driver runs it one by one
+
+    config = RegConfig("l2", l2=1e-3, dropout=0.2)
+    outcome = alone.train(config, seed=5, prune=_never)
+    packed, _, _ = _setup(spec, pack_size=2)
+    slot = packed.assign(config, seed=5, prune=_never)
+    finished: dict = {}
+    while slot not in finished:
+        finished = packed.run_epoch()
+    assert outcome.state == finished[slot].state and outcome.epochs_run == 3
+    assert [m.val_loss for m in outcome.history] == [m.val_loss for m in finished[slot].history]
+
+    packed.assign(config, seed=6, prune=_never)
+    with pytest.raises(RuntimeError, match="idle pack"):
+        packed.train(config, seed=7, prune=_never)
+
+
 # ----------------------------------------------------------------- 4. NaN isolation
 
 def test_a_diverging_member_fails_alone(make_spec) -> None:

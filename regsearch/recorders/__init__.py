@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from regsearch.protocols import Listener
 from regsearch.recorders.ledger import Ledger
 from regsearch.space import RegConfig
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 
-class LedgerRecorder:
+class LedgerRecorder(Listener):
     """A `driver.Listener` writing trials' rows at their start and their end, a batch at a time."""
 
     def __init__(self, ledger: Ledger) -> None:

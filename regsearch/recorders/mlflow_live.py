@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from optuna.trial import TrialState
 
+from regsearch.protocols import Listener
 from regsearch.objective import Score, ranked, ranks_above
 from regsearch.recorders.ledger import Ledger, TrialRecord
 from regsearch.recorders.mlflow_process import WriterProcess, problem_line
@@ -46,7 +47,7 @@ def worker_tags() -> dict[str, str]:
     return tags
 
 
-class MlflowRecorder:
+class MlflowRecorder(Listener):
     """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
 
     def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,

@@ -12,6 +12,7 @@ from regsearch.trainers.base import EpochMetrics, StopRules, TrialOutcome
 
 if TYPE_CHECKING:
     from regsearch.driver import StudyRun
+    from regsearch.protocols import Trainer
 
 __all__ = ["EpochMetrics", "StopRules", "TrialOutcome", "make_trainer"]
 
@@ -56,7 +57,7 @@ def import_keras() -> None:
                                      if not _START_UP_NOTICES.search(line)))
 
 
-def make_trainer(run: StudyRun):
+def make_trainer(run: StudyRun) -> Trainer:
     """The trainer the study file names (`trainer:`), imported only when needed."""
     import_keras()
     objective = {"metric": run.objective.metric, "direction": run.objective.direction}

@@ -102,6 +102,16 @@ class PackedTrainer:
         self.rng = np.random.default_rng(seed)
         self.noise_rng = np.random.default_rng([seed, 1])
 
+    def train(self, config: RegConfig, *, seed: int, prune: PruneCheck) -> TrialOutcome:
+        """One configuration alone (the `Trainer` protocol): a pack with one busy slot."""
+        if self.slots:
+            raise RuntimeError("train() needs an idle pack; use assign() and run_epoch()")
+        slot = self.assign(config, seed=seed, prune=prune)
+        while True:
+            finished = self.run_epoch()
+            if slot in finished:
+                return finished[slot]
+
     # ------------------------------------------------------------------ slots
 
     def free_slots(self) -> list[int]:
