@@ -23,7 +23,7 @@ _EXPORTS = {
     "Dataset": "regsearch.data",
     "RegConfig": "regsearch.space",
     "build_model": "regsearch.model",
-    "open_run": "regsearch.driver",
+    "open_run": "regsearch.opening",
     "run_study": "regsearch.driver",
     "make_trainer": "regsearch.trainers",
     "summarize": "regsearch.report",

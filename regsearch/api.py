@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regsearch import opening
 from regsearch.errors import SpecError
 from regsearch.space import RegConfig
 from regsearch.spec import DEFAULT_STORAGE, StudySpec, check_field
@@ -77,13 +78,13 @@ def search(study: StudyInput, *, trials: int | None = None, timeout: float | Non
     checked = {name: _checked("search", path, value, name) for name, path, value in (
         ("trials", "search.n_trials", trials), ("timeout", "search.timeout", timeout),
         ("storage", "storage", storage), ("mlflow", "mlflow.tracking_uri", mlflow))}
-    run = driver.open_run(spec, n_trials=checked["trials"], timeout=checked["timeout"],
+    run = opening.open_run(spec, n_trials=checked["trials"], timeout=checked["timeout"],
                           storage=checked["storage"], mlflow=checked["mlflow"])
     try:
         driver.run_study(run, make_trainer(run))
         summary = report.study_summary(run.study, run.storage_url)
     finally:
-        driver.close_run(run)
+        opening.close_run(run)
     return StudyResult.from_summary(summary)
 
 

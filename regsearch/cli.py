@@ -7,7 +7,7 @@ import sys
 from typing import Any, NoReturn
 from collections.abc import Callable, Sequence
 
-from regsearch import presentation
+from regsearch import opening, presentation
 from regsearch.errors import RegsearchError
 from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, trials_of
 
@@ -60,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         return launcher.launch(args.study, spec, launcher.plan(args.workers, args.gpus),
                                trials=args.trials, timeout=args.timeout, **_where(args))
-    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, **_where(args))
+    run = opening.open_run(spec, n_trials=args.trials, timeout=args.timeout, **_where(args))
     progress = Progress()
     try:
         driver.run_study(run, make_trainer(run), [progress])
@@ -84,7 +84,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from regsearch.storage import mask_url
 
     spec = load_spec(args.study)
-    run = driver.open_run(spec, n_trials=args.trials, **_where(args))
+    run = opening.open_run(spec, n_trials=args.trials, **_where(args))
     driver.prepare(run)
     print(f"ok: study {spec.name} is ready in {mask_url(run.storage_url)} "
           f"({trials_of(run.done, run.budget)} done); start workers with: regsearch worker "
@@ -107,7 +107,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from regsearch.progress import Progress
     from regsearch.trainers import make_trainer
 
-    run = driver.open_run(spec, n_trials=args.trials, timeout=args.timeout, join=True,
+    run = opening.open_run(spec, n_trials=args.trials, timeout=args.timeout, join=True,
                           **_where(args))
     progress = Progress()
     try:
@@ -187,7 +187,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     settings = replace(settings, **{k: v for k, v in (("top", args.top), ("seeds", args.seeds))
                                     if v is not None})
     spec = replace(spec, confirm=settings)
-    run = driver.open_run(spec, storage=url, mlflow=where["mlflow"])
+    run = opening.open_run(spec, storage=url, mlflow=where["mlflow"])
     driver.confirm_only(run, make_trainer(run))
     print(report.render(report.study_summary(run.study, url), "table"))
     return 0

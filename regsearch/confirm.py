@@ -29,7 +29,7 @@ from regsearch.stats import Estimate, estimate, paired_gain
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 if TYPE_CHECKING:
-    from regsearch.driver import StudyRun
+    from regsearch.opening import StudyRun
     from regsearch.spec import ConfirmSpec
 
 PLAN_ATTR = "regsearch_confirm_plan"  # study user attr: the configurations and seeds confirmed

@@ -1,7 +1,8 @@
-"""The Optuna study: create or reopen it, ask for trials, feed pruning, tell results.
+"""The search loop: ask for trials, train them (one by one, or as a pack), feed pruning,
+tell results, and confirm the best once the search is over.
 
-This is the only module that talks to Optuna. Trainers see a `RegConfig` and a prune
-check; listeners (progress display, recorders) see configs, epochs and outcomes.
+Trainers see a `RegConfig` and a prune check; listeners (progress display, recorders) see
+configs, epochs and outcomes. Opening the study is `opening`'s job.
 """
 
 from __future__ import annotations
@@ -9,232 +10,35 @@ from __future__ import annotations
 import gc
 import sys
 import time
-import uuid
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from collections.abc import Iterator, Sequence
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from regsearch import faults, interrupts, space
-from regsearch.data import Dataset, load_dataset
-from regsearch.errors import SpecError, StorageError, StudyMismatchError
+from regsearch.errors import StorageError
 from regsearch.liveness import (UNCOUNTED, Heartbeat,
-                                config_of, count_done, fail_abandoned, reap_dead, requeue)
+                                fail_abandoned, reap_dead, requeue)
 from regsearch.space import RegConfig
-from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.protocols import Listener, PackTrainer, Trainer
-from regsearch.recorders import LedgerRecorder
-from regsearch.recorders.ledger import Ledger
-from regsearch.storage import (DATABASE_ERRORS, check_storage_url, check_tracking_uri,
-                               expand_home, first_line, has_study_tables, hold_sqlite,
-                               is_sqlite, mask_url,
-                               open_storage, same_database, sqlite_file)
-from regsearch.study_io import PackStorage
+from regsearch.storage import (DATABASE_ERRORS, first_line, hold_sqlite,
+                               mask_url)
 from regsearch.states import OPTUNA_STATE, KillReason, State
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
-if TYPE_CHECKING:
-    from regsearch.recorders.mlflow_process import WriterProcess
+from regsearch.opening import (StudyRun, close_recorders, trial_seed,
+                               without_optuna_notices)
 
-__all__ = ["UNCOUNTED", "config_of",
-           "count_done", "fail_abandoned", "reap_dead", "requeue"]
-
-SPEC_ATTR, HASH_ATTR, METRIC_ATTR = "regsearch_spec", "regsearch_spec_hash", "regsearch_metric"
-UID_ATTR, TASK_ATTR = "regsearch_uid", "regsearch_task"
-DEFAULT_ATTR = "regsearch_default"  # trial user attr: the unregularized yardstick
-
-
-@contextmanager
-def _without_optuna_notices() -> Iterator[None]:
-    """Optuna's notices about features used as designed: experimental APIs, and heartbeats
-    with ask/tell (the driver keeps them itself, `Heartbeat`). Filters restored after."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        yield
-
-
-@dataclass
-class StudyRun:
-    """An opened study and what a run of it needs to know."""
-
-    spec: StudySpec
-    study: optuna.Study
-    data: Dataset
-    objective: Objective
-    budget: int
-    timeout: float | None
-    storage_url: str
-    ledger: Ledger
-    recorders: list[Listener] = field(default_factory=list)
-    #: the study's own random id: an MLflow experiment of the same name must carry it
-    uid: str = ""
-    #: where MLflow records the study; None when it is off
-    tracking_uri: str | None = None
-    #: trial id -> when (`time.monotonic`) this process first saw it running, never beaten
-    unbeaten_since: dict[int, float] = field(default_factory=dict)
-    #: how many running trials the last Ctrl-C or SIGTERM failed
-    interrupted: int = 0
-    #: Optuna's storage of the study, for `close_run`
-    storage: optuna.storages.RDBStorage | None = None
-    recorders_closed: bool = False
-
-    @property
-    def shared(self) -> bool:
-        """A server database: other processes may work on the study at the same time."""
-        return not is_sqlite(self.storage_url)
-
-    @property
-    def done(self) -> int:
-        return count_done(self.study.get_trials(deepcopy=False))
-
-    def room(self) -> tuple[int, int]:
-        """(done, trials that may still be asked for): the budget counts every process's
-        finished trials and running ones; re-queued (waiting) trials are asked first."""
-        trials = self.study.get_trials(deepcopy=False)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-        done = count_done(trials)
-        return done, max(0, self.budget - done - running)
-
-    def running_trials(self) -> list[FrozenTrial]:
-        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-
-    @cached_property
-    def pack(self) -> PackStorage:
-        """The study's storage for this process's batches of asks and tells."""
-        return PackStorage(self.study)
-
-
-def trial_seed(study_seed: int, number: int) -> int:
-    """A per-trial seed for weights, shuffling and dropout, fixed by the study seed."""
-    return (study_seed * 1_000_003 + number) % (2**31 - 1)
-
-
-@_without_optuna_notices()
-def open_run(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
-             storage: str | None = None, mlflow: str | None = None,
-             join: bool = False) -> StudyRun:
-    """Check data, URLs and the study's identity, then create or reopen the study and its
-    records.
-
-    Nothing is written before every check has passed: the data, the storage URL and its
-    driver, the MLflow URI (never the storage's own database), the study's spec against a
-    study of the same name, and the MLflow experiment of that name (it must be this
-    study's). The ledger shares the study's database and is mended from Optuna here (a
-    process killed between the two writes); MLflow (unless disabled) gets its own, and its
-    writer process starts once the checks pass. With `join` (a worker) the study must
-    exist already: one process (`regsearch init` or `run`) creates it, so workers never race.
-    """
-    data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
-    objective = resolve_objective(spec, data.task)
-    url = expand_home(storage or spec.storage)
-    tracking_uri = mlflow or (spec.mlflow.tracking_uri if spec.mlflow.enabled else None)
-    tracking_uri = tracking_uri and expand_home(tracking_uri)
-    check_urls(url, tracking_uri)
-    previous = _existing_study(spec, url, join)
-    uid = (previous or {}).get(UID_ATTR) or uuid.uuid4().hex[:16]
-    writer = None
-    if tracking_uri:
-        from regsearch.recorders.mlflow_identity import check_owner, experiment_tags
-
-        check_owner(tracking_uri, spec.name, uid, experiment_tags(tracking_uri, spec.name))
-        from regsearch.recorders.mlflow_process import WriterProcess
-
-        writer = WriterProcess(tracking_uri)  # MLflow's import (seconds) runs meanwhile
-    try:
-        return _open_records(spec, data, objective, url, n_trials, timeout, uid,
-                             tracking_uri, writer)
-    except BaseException:
-        if writer is not None:
-            writer.abandon()
-        raise
-
-
-def check_urls(url: str, tracking_uri: str | None) -> None:
-    """The storage URL and MLflow URI can be used, and name two different databases."""
-    check_storage_url(url)
-    if not tracking_uri:
-        return
-    check_tracking_uri(tracking_uri, "mlflow")
-    if same_database(url, tracking_uri):
-        raise StorageError(
-            f"mlflow {mask_url(tracking_uri)} is the study's own database (storage "
-            f"{mask_url(url)}): Optuna and MLflow both keep an `alembic_version` table; give "
-            "MLflow a database of its own, e.g. sqlite:///runs/mlflow.db")
-
-
-def _existing_study(spec: StudySpec, url: str, join: bool) -> dict[str, Any] | None:
-    """The user attrs of the study of this name, None if there is none; read without
-    creating anything. A study of another spec is refused here."""
-    database = sqlite_file(url)
-    found = None
-    if database.is_file() if database is not None else has_study_tables(url):
-        storage = open_storage(url, must_exist=True)
-        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-        found = next((s for s in summaries if s.study_name == spec.name), None)
-        storage.engine.dispose()
-    if found is None:
-        if join:
-            raise StudyMismatchError(
-                f"{spec.source}: study {spec.name!r} does not exist in {mask_url(url)}; "
-                "create it first with `regsearch init` (or `regsearch run`) on this study "
-                "file and storage")
-        return None
-    _check_same_spec(spec, found.user_attrs)
-    return found.user_attrs
-
-
-def _open_records(spec: StudySpec, data: Dataset, objective: Objective, url: str,
-                  n_trials: int | None, timeout: float | None, uid: str,
-                  tracking_uri: str | None, writer: WriterProcess | None) -> StudyRun:
-    heartbeat = None if is_sqlite(url) else (spec.workers.heartbeat_interval,
-                                             spec.workers.grace_period)
-    rdb = open_storage(url, heartbeat=heartbeat)
-    study = _open_study(spec, objective, rdb, uid, data.task, shared=not is_sqlite(url))
-    ledger = Ledger(url)
-    ledger.open_study(name=spec.name, spec_hash=spec.spec_hash, spec=spec.to_dict(),
-                      description=data.description, metric=objective.metric,
-                      direction=objective.direction)
-    points = (space.grid_count(spec.space, spec.search.grid_size)
-              if spec.search.sampler == "grid" else 0)
-    run = StudyRun(spec, study, data, objective,
-                   n_trials if n_trials is not None else spec.search.budget(points, timeout),
-                   timeout if timeout is not None else spec.search.timeout, url, ledger,
-                   uid=study.user_attrs.get(UID_ATTR, uid), tracking_uri=tracking_uri,
-                   storage=rdb)
-    mend_ledger(run)
-    run.recorders = [LedgerRecorder(ledger)]
-    if tracking_uri:
-        from regsearch.recorders.mlflow_live import MlflowRecorder
-
-        run.recorders.append(MlflowRecorder(tracking_uri, ledger, writer=writer))
-    return run
-
-
-def mend_ledger(run: StudyRun) -> int:
-    """Write Optuna's finished trials into ledger rows that disagree with them; how many.
-
-    Optuna is told first and the ledger next, so a process killed in between leaves a
-    row `running` (or none) for a finished trial; running trials are left alone (their
-    process may be alive)."""
-    from regsearch.repair import optuna_records
-
-    trials = run.study._storage.get_all_trials(run.study._study_id, deepcopy=False)
-    return run.ledger.mend(run.spec.name, optuna_records(run.spec.name, trials))
-
-
-@_without_optuna_notices()
+@without_optuna_notices()
 def prepare(run: StudyRun) -> None:
     """Create what workers share (the study exists already; MLflow's experiment and parent
     run here), once, then close: `regsearch init` and the launcher."""
     for recorder in run.recorders:
         recorder.study_opened(run)
-    _close_recorders(run)
+    close_recorders(run)
 
 
 def confirm_only(run: StudyRun, trainer: Trainer) -> bool:
@@ -249,26 +53,11 @@ def confirm_only(run: StudyRun, trainer: Trainer) -> bool:
             with interrupts.deferred_sigint():
                 return confirm_study(run, trainer, _say)
         finally:
-            _close_recorders(run)
+            close_recorders(run)
 
 
-def _close_recorders(run: StudyRun) -> None:
-    if not run.recorders_closed:
-        run.recorders_closed = True
-        for recorder in run.recorders:
-            recorder.close()
 
-
-def close_run(run: StudyRun) -> None:
-    """Close what `open_run` opened: the recorders (the MLflow writer drains), then the
-    ledger's and the study's database connections."""
-    _close_recorders(run)
-    run.ledger.engine.dispose()
-    if run.storage is not None:
-        run.storage.engine.dispose()
-
-
-@_without_optuna_notices()
+@without_optuna_notices()
 def run_study(run: StudyRun, trainer: Trainer, listeners: Sequence[Listener] = (), *,
               max_trials: int | None = None) -> bool:
     """Run trials until the study's budget or the timeout is spent.
@@ -316,7 +105,7 @@ def _run_study(run: StudyRun, trainer: Trainer, listeners: Sequence[Listener],
     finally:
         if heartbeat is not None:
             heartbeat.stop()
-        _close_recorders(run)
+        close_recorders(run)
 
 
 def _search_over(run: StudyRun) -> bool:
@@ -594,106 +383,3 @@ def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:
         "stop_reason": outcome.reason if outcome.state != State.FAILED else None,
     }
     return {k: v for k, v in attrs.items() if v is not None}
-
-
-# --------------------------------------------------------------------------- opening
-
-def _make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    kind = spec.search.sampler
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    if kind == "gp":
-        return _gp_sampler(spec, seed)
-    # `grid` runs enqueued grid points; random only fills in if the grid is exhausted.
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _gp_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise SpecError(spec.source, "search.sampler",
-                        "'gp' needs PyTorch; install it with: pip install 'regsearch[gp]', "
-                        "or use sampler: tpe") from None
-    return optuna.samplers.GPSampler(seed=seed)
-
-
-def _make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    epochs = spec.train.epochs
-    return {
-        # Early-epoch scores are noisy: judge a trial only after a third of its epochs.
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5,
-                                                      n_warmup_steps=max(1, epochs // 3)),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
-                                                            max_resource=epochs),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }[spec.search.pruner]()
-
-
-def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.BaseStorage,
-                uid: str, task: str, *, shared: bool = False) -> optuna.Study:
-    """Create the study, or load the one `_existing_study` checked (same spec). A new one
-    starts with the unregularized default as its first trial: the yardstick its best is
-    measured against (`space.default_config`)."""
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage,
-                                                                        include_best_trial=False)}
-    previous = existing.get(spec.name)
-    if previous is not None:
-        _check_same_spec(spec, previous.user_attrs)  # made meanwhile by another process
-    n_before = previous.n_trials if previous is not None else 0
-    # Re-seeding by history length keeps a resumed study reproducible without replaying
-    # the first run's random start-up trials.
-    study = optuna.create_study(study_name=spec.name, storage=storage,
-                                direction=objective.direction, load_if_exists=True,
-                                sampler=_make_sampler(spec, _sampler_seed(spec, n_before,
-                                                                          shared)),
-                                pruner=_make_pruner(spec))
-    if previous is None:
-        study.set_user_attr(SPEC_ATTR, spec.identity())
-        study.set_user_attr(HASH_ATTR, spec.spec_hash)
-        study.set_user_attr(METRIC_ATTR, objective.metric)
-        study.set_user_attr(TASK_ATTR, task)
-        default = space.default_config(spec.space)
-        if default is not None and spec.search.sampler != "grid":  # a grid holds it already
-            study.enqueue_trial(default.params(), user_attrs={DEFAULT_ATTR: True})
-    if study.user_attrs.get(UID_ATTR) is None:  # new, or made before studies had ids
-        study.set_user_attr(UID_ATTR, uid)
-    if study.metric_names is None:  # Optuna's CLI and dashboards then name the objective
-        study.set_metric_names([objective.metric])
-    return study
-
-
-def _sampler_seed(spec: StudySpec, n_before: int, shared: bool) -> int:
-    """The study seed, moved on by the history length; a process of a shared study adds
-    randomness of its own: workers starting together see the same history and would
-    otherwise all propose the same points (seen: 8 workers, 8 identical trials)."""
-    import secrets
-
-    return spec.seed + n_before + (secrets.randbits(30) if shared else 0)
-
-
-def _check_same_spec(spec: StudySpec, attrs: dict[str, Any]) -> None:
-    if attrs.get(HASH_ATTR) == spec.spec_hash:
-        return
-    changes = _differences(attrs.get(SPEC_ATTR, {}), _jsonable(spec.identity()))
-    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
-    raise StudyMismatchError(
-        f"{spec.source}: study {spec.name!r} already exists in this storage with a different "
-        f"spec ({shown or 'unknown difference'}); give the study a new `name:` to start a "
-        "new study, or restore the old settings to continue it")
-
-
-def _jsonable(value: Any) -> Any:
-    """The identity as it comes back from storage (tuples become lists)."""
-    import json
-
-    return json.loads(json.dumps(value, default=str))
-
-
-def _differences(old: Any, new: Any, path: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-        return out
-    return [] if old == new else [f"{path} was {old!r}, now {new!r}"]

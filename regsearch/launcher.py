@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from regsearch import driver
+from regsearch import driver, liveness, opening
 from regsearch.devices import gpu_environment, visible_gpus
 from regsearch.errors import SpecError, StorageError
 from regsearch.objective import ranked
@@ -83,7 +83,7 @@ def launch(study_file: str, spec: StudySpec, workers: Plan, *, storage: str | No
                            f"time, and {workers.count} workers were asked for; pass a server "
                            "database, e.g. --storage postgresql+psycopg://user@host/db "
                            "(see the README, 'Launching on a GPU box')")
-    run = driver.open_run(spec, n_trials=trials, timeout=timeout, storage=url, mlflow=mlflow)
+    run = opening.open_run(spec, n_trials=trials, timeout=timeout, storage=url, mlflow=mlflow)
     driver.prepare(run)
     command = [sys.executable, "-m", "regsearch", "worker", study_file]
     command += ["--trials", str(run.budget)]
@@ -103,7 +103,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _supervise(run: driver.StudyRun, procs: list[subprocess.Popen]) -> int:
+def _supervise(run: opening.StudyRun, procs: list[subprocess.Popen]) -> int:
     """Report progress until every worker exits; pass Ctrl-C / SIGTERM on as SIGTERM."""
     stopping: list[float] = []
 
@@ -146,7 +146,7 @@ def _supervise(run: driver.StudyRun, procs: list[subprocess.Popen]) -> int:
     return 0 if complete else 1
 
 
-def _summary(run: driver.StudyRun) -> None:
+def _summary(run: opening.StudyRun) -> None:
     """The study's result, as a single-process run prints it."""
     from regsearch import report
 
@@ -162,7 +162,7 @@ def _summary(run: driver.StudyRun) -> None:
               f"{run.spec.name}` to complete it", file=sys.stderr)
 
 
-def _mend(run: driver.StudyRun) -> None:
+def _mend(run: opening.StudyRun) -> None:
     """Once the workers are gone: the records of trials a killed worker left half-written
     (the ledger from Optuna, MLflow from the ledger)."""
     from regsearch.repair import reconcile
@@ -179,18 +179,18 @@ def _mend(run: driver.StudyRun) -> None:
               f"{written} MLflow runs", file=sys.stderr)
 
 
-def _complete(run: driver.StudyRun) -> bool:
+def _complete(run: opening.StudyRun) -> bool:
     """The budget is spent and no trial runs or waits."""
     try:
         trials = run.study.get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - the workers said what is wrong with the database
         return False
     unfinished = (TrialState.RUNNING, TrialState.WAITING)
-    return driver.count_done(trials) >= run.budget and not any(
+    return liveness.count_done(trials) >= run.budget and not any(
         t.state in unfinished for t in trials)
 
 
-def _report(run: driver.StudyRun, shown: tuple | None) -> tuple | None:
+def _report(run: opening.StudyRun, shown: tuple | None) -> tuple | None:
     """One line whenever the number of finished trials or the best value changes."""
     try:
         trials = run.study.get_trials(deepcopy=False)
@@ -200,7 +200,7 @@ def _report(run: driver.StudyRun, shown: tuple | None) -> tuple | None:
     top = ranked(run.objective.direction, complete,
                  lambda t: (t.value, t.user_attrs.get("val_loss"), t.number))[:1]
     best = (top[0].value, top[0].number) if top else None
-    state = (driver.count_done(trials), best)
+    state = (liveness.count_done(trials), best)
     if state != shown:
         text = f", best {run.objective.metric}={best[0]:.4f} (#{best[1]})" if best else ""
         print(f"regsearch: {trials_of(state[0], run.budget)} done{text}", file=sys.stderr,

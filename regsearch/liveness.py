@@ -24,7 +24,7 @@ from regsearch.states import KillReason
 from regsearch.study_io import fail_trials, stale_trial_ids, unbeaten_trial_ids
 
 if TYPE_CHECKING:
-    from regsearch.driver import StudyRun
+    from regsearch.opening import StudyRun
 
 UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
 

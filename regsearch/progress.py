@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from regsearch.protocols import Listener
-from regsearch.driver import StudyRun
+from regsearch.opening import StudyRun
 from regsearch.space import RegConfig
 from regsearch.objective import ranks_above
 from regsearch.spec import UNLIMITED, trials_of
@@ -16,7 +16,7 @@ from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 
 class Progress(Listener):
-    """A `driver.Listener` that shows trials done, best so far and time left."""
+    """A `protocols.Listener` that shows trials done, best so far and time left."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream

@@ -4,7 +4,7 @@ from the ledger.
 Each finished trial is written in order: Optuna (which decides the budget), the ledger,
 then MLflow. A process killed between two of them leaves the later ones behind: a ledger
 row still `running` for a trial Optuna has finished, an MLflow run never ended. Opening a
-study mends the ledger (`driver.mend_ledger`); the launcher, once its workers are gone,
+study mends the ledger (`opening.mend_ledger`); the launcher, once its workers are gone,
 and `regsearch sync` mend both.
 """
 
@@ -54,7 +54,7 @@ def reconcile(name: str, storage_url: str, tracking_uri: str | None, *,
     runs written, MLflow runs already right). For a study no process is working on: a
     running trial's records are left alone, but its MLflow run may still be written by its
     own process."""
-    from regsearch.driver import UID_ATTR
+    from regsearch.opening import UID_ATTR
     from regsearch.recorders.ledger import Ledger
     from regsearch.report import load_study
 

@@ -11,7 +11,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from regsearch.driver import DEFAULT_ATTR, METRIC_ATTR, SPEC_ATTR, TASK_ATTR
+from regsearch.opening import DEFAULT_ATTR, METRIC_ATTR, SPEC_ATTR, TASK_ATTR
 from regsearch.model import OUTPUT_ACTIVATION, regularizer_source
 from regsearch import confirm
 from regsearch.errors import RegsearchError

@@ -168,7 +168,7 @@ def expand_home(url: str) -> str:
 
     SQLite opens `sqlite:///~/runs/s.db` as the relative path `~/runs/s.db`, under a folder
     named `~` wherever the command ran; whoever writes `~` means their home folder, as in
-    a shell. Study files, flags and `driver.open_run` pass every URL through here. Other
+    a shell. Study files, flags and `opening.open_run` pass every URL through here. Other
     URLs (servers, MLflow's `http://` and paths) come back unchanged.
     """
     try:

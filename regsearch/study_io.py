@@ -409,7 +409,7 @@ def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> l
     A live process beats for a trial at once; one that died between creating a trial and its
     first beat leaves a trial whose heartbeat can never go stale: Optuna's reaper, which
     looks only at trials with a heartbeat, never fails it, and it would hold the budget
-    forever. The caller times how long it stays so (`driver.reap_dead`). Optuna keeps
+    forever. The caller times how long it stays so (`liveness.reap_dead`). Optuna keeps
     heartbeats in a private table, so an Optuna without it finds none.
     """
     rdb = _rdb(storage)

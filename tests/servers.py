@@ -24,7 +24,7 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from regsearch.driver import UNCOUNTED
+from regsearch.liveness import UNCOUNTED
 
 SERVERS = {"postgresql": "REGSEARCH_TEST_POSTGRES_URL", "mysql": "REGSEARCH_TEST_MYSQL_URL"}
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}

@@ -16,7 +16,7 @@ from regsearch import compile_cache
 # automatic pack size queries the backend's devices first), and prints the backend used.
 _TRAIN_ONE_PACK = """
 import sys
-from regsearch.driver import open_run
+from regsearch.opening import open_run
 from regsearch.spec import parse_spec
 from regsearch.space import RegConfig
 from regsearch.trainers import make_trainer

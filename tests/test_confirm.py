@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from regsearch import confirm, driver, report
+from regsearch import confirm, driver, opening, report
 from regsearch.progress import Progress
 from regsearch.recorders.confirmations import Confirmations
 from regsearch.states import State
@@ -104,11 +104,11 @@ def test_tied_objectives_are_ranked_by_validation_loss_everywhere(make_spec) -> 
     """Three trials tie at the top; the one with the lowest validation loss is named best
     by the progress display, `best`, the ledger and MLflow alike (not the first of them)."""
     spec = make_spec(search={"n_trials": 5, "pruner": "none", "sampler": "random"})
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     shown = io.StringIO()
     driver.run_study(run, TiedTrainer((0.90, 0.5), (0.95, 0.40), (0.95, 0.10), (0.95, 0.30),
                                       (0.80, 0.05)), [Progress(stream=shown)])
-    assert run.study.trials[0].user_attrs.get(driver.DEFAULT_ATTR) is True  # the yardstick
+    assert run.study.trials[0].user_attrs.get(opening.DEFAULT_ATTR) is True  # the yardstick
     assert run.study.metric_names == ["accuracy"]
     summary = report.study_summary(run.study, run.storage_url)
     assert [row["trial"] for row in summary["top"][:3]] == [2, 3, 1]
@@ -133,7 +133,7 @@ def test_a_tied_epoch_with_a_lower_loss_becomes_the_best_epoch() -> None:
 def test_timeout_alone_runs_until_the_time_is_spent(make_spec) -> None:
     spec = make_spec(search={"n_trials": None, "timeout": 4, "pruner": "none"},
                      mlflow={"enabled": False})
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     assert run.budget >= 10_000_000
     driver.run_study(run, make_trainer(run))
     done = [t for t in run.study.trials if t.state == TrialState.COMPLETE]
@@ -143,11 +143,11 @@ def test_timeout_alone_runs_until_the_time_is_spent(make_spec) -> None:
 
 # --------------------------------------------------------------------------- confirmation
 
-def _confirmed_run(make_spec, tmp_path: Path, name: str, **spec: Any) -> driver.StudyRun:
+def _confirmed_run(make_spec, tmp_path: Path, name: str, **spec: Any) -> opening.StudyRun:
     spec = make_spec(name=name, storage=f"sqlite:///{tmp_path / name}.db",
                      mlflow={"tracking_uri": f"sqlite:///{tmp_path / name}-mlflow.db"},
                      confirm={"top": 2, "seeds": 3}, **spec)
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     driver.run_study(run, make_trainer(run))
     return run
 
@@ -212,7 +212,7 @@ def test_an_interrupted_confirmation_resumes_without_duplicates(make_spec) -> No
     epochs, each confirmation run 3); `regsearch confirm` trains only what is left."""
     spec = make_spec(confirm={"top": 2, "seeds": 3}, train__epochs=3,
                      search={"n_trials": 4, "pruner": "none", "pack_size": 1})
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     with pytest.raises(KeyboardInterrupt):
         driver.run_study(run, StopsAfter(make_trainer(run), 4 * 3 + 3 * 3 + 4))
     records = Confirmations(run.ledger)
@@ -220,7 +220,7 @@ def test_an_interrupted_confirmation_resumes_without_duplicates(make_spec) -> No
             if r.state != State.PLANNED}
     configs = len({r.run.key for r in records.records(spec.name)})
     assert 0 < len(done) < 3 * configs, done  # some runs ended, others never started
-    again = driver.open_run(spec)  # as `regsearch confirm` opens the study
+    again = opening.open_run(spec)  # as `regsearch confirm` opens the study
     assert driver.confirm_only(again, make_trainer(again)) is True
     rows = records.records(spec.name)
     assert len(rows) == 3 * configs and not [r for r in rows if r.state == State.PLANNED]
@@ -272,7 +272,7 @@ def test_on_the_breast_cancer_study_the_best_is_not_a_near_chance_model(tmp_path
     path = Path(__file__).parents[1] / "studies" / "breast-cancer.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw.update(storage=f"sqlite:///{tmp_path / 's.db'}", mlflow={"enabled": False})
-    run = driver.open_run(parse_spec(raw, source=path.name, base=path.parent))
+    run = opening.open_run(parse_spec(raw, source=path.name, base=path.parent))
     driver.run_study(run, make_trainer(run))
     summary = report.study_summary(run.study, run.storage_url)
     assert summary["search_best"]["val_loss"] < 0.3, summary["search_best"]
@@ -305,7 +305,7 @@ def test_best_warns_about_the_best_epochs_place_in_the_curve(make_spec, curve: l
                                                              warning: str) -> None:
     spec = make_spec(search={"n_trials": 1, "pruner": "none"}, train__epochs=3,
                      mlflow={"enabled": False})
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     driver.run_study(run, CurveTrainer(curve))
     summary = report.study_summary(run.study, run.storage_url)
     assert summary["warnings"] == [warning]

@@ -11,15 +11,15 @@ import pytest
 from optuna.trial import TrialState
 
 from regsearch.states import KillReason
-from regsearch import driver, space, study_io
+from regsearch import driver, liveness, opening, space, study_io
 from regsearch.errors import DataError, SpecError, StorageError, StudyMismatchError
 from regsearch.trainers import make_trainer
 
 pytestmark = pytest.mark.slow
 
 
-def run(spec, **kwargs) -> driver.StudyRun:
-    study_run = driver.open_run(spec, **kwargs)
+def run(spec, **kwargs) -> opening.StudyRun:
+    study_run = opening.open_run(spec, **kwargs)
     driver.run_study(study_run, make_trainer(study_run))
     return study_run
 
@@ -57,8 +57,8 @@ def test_resumed_study_samples_new_points_and_stops_at_budget(make_spec) -> None
 def test_study_records_spec_hash_and_metric(make_spec) -> None:
     spec = make_spec()
     study = run(spec).study
-    assert study.user_attrs[driver.HASH_ATTR] == spec.spec_hash
-    assert study.user_attrs[driver.METRIC_ATTR] == "accuracy"
+    assert study.user_attrs[opening.HASH_ATTR] == spec.spec_hash
+    assert study.user_attrs[opening.METRIC_ATTR] == "accuracy"
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     trial = study.trials[0]
     assert trial.user_attrs["epochs_run"] == 3
@@ -70,9 +70,9 @@ def test_changed_spec_is_refused_naming_the_field(make_spec) -> None:
     run(make_spec())
     before = history(optuna.load_study(study_name="tiny", storage=make_spec().storage))
     with pytest.raises(StudyMismatchError, match=r"space\.dropout\.high was 0\.5, now 0\.3"):
-        driver.open_run(make_spec(space={"dropout": {"high": 0.3}}))
+        opening.open_run(make_spec(space={"dropout": {"high": 0.3}}))
     with pytest.raises(StudyMismatchError, match=r"model\.hidden_units"):
-        driver.open_run(make_spec(model={"hidden_units": [8]}))
+        opening.open_run(make_spec(model={"hidden_units": [8]}))
     after = history(optuna.load_study(study_name="tiny", storage=make_spec().storage))
     assert after == before
 
@@ -99,7 +99,7 @@ def test_diverging_trial_is_failed_with_reason_and_study_goes_on(make_spec) -> N
 
 def test_interrupted_trial_is_failed_and_does_not_spend_budget(make_spec) -> None:
     spec = make_spec(trainer="keras")  # wraps `train`, the one-by-one trainer's call
-    study_run = driver.open_run(spec)
+    study_run = opening.open_run(spec)
 
     class InterruptSecond:
         def __init__(self, inner) -> None:
@@ -146,7 +146,7 @@ def test_gp_sampler_runs_or_says_how_to_install(make_spec) -> None:
     except ImportError:
         with pytest.raises(SpecError,
                            match=r"search\.sampler: 'gp' needs PyTorch.*regsearch\[gp\]"):
-            driver.open_run(spec)
+            opening.open_run(spec)
     else:
         assert run(spec).done == 2
 
@@ -154,7 +154,7 @@ def test_gp_sampler_runs_or_says_how_to_install(make_spec) -> None:
 def test_unreachable_database_is_a_clear_error_without_password(make_spec) -> None:
     spec = make_spec(storage="postgresql+psycopg://user:hunter2@127.0.0.1:1/none")
     with pytest.raises(StorageError) as info:
-        driver.open_run(spec)
+        opening.open_run(spec)
     message = str(info.value)
     assert "hunter2" not in message and "***" in message
     assert "127.0.0.1:1" in message and "check that the database server is running" in message
@@ -181,7 +181,7 @@ def test_a_study_that_fails_to_open_leaves_no_writer_and_a_whole_mlflow_store(
     then fails lets it finish opening its store and end, never killed half-way."""
     spec = make_spec(storage="postgresql+psycopg://user@127.0.0.1:1/none")
     with pytest.raises(StorageError):
-        driver.open_run(spec)
+        opening.open_run(spec)
     deadline = time.monotonic() + 60
     while _writer_processes() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -199,7 +199,7 @@ def test_bad_data_is_refused_before_storage_is_created(make_spec, tmp_path) -> N
     csv.write_text("a,b,label\n1,nan,0\n2,3,1\n4,5,0\n6,7,1\n")
     spec = make_spec(data={"file": str(csv), "target": "label"})
     with pytest.raises(DataError, match="missing or infinite feature values"):
-        driver.open_run(spec)
+        opening.open_run(spec)
     assert not (tmp_path / "study.db").exists()
 
 
@@ -207,7 +207,7 @@ def test_trial_details_take_one_transaction_with_the_installed_optuna(make_spec)
     """The batched path (Optuna's private per-row writers) must still exist; else ~30
     commits per trial come back silently. Both paths must write the same records."""
     # (no default trial queued: the space leaves it out; asks make plain trials)
-    study_run = driver.open_run(make_spec(space={"regularizers": ["l2"]}))
+    study_run = opening.open_run(make_spec(space={"regularizers": ["l2"]}))
     assert study_io.can_batch(study_run.study._storage._backend)
     batched, public = study_run.study.ask(), study_run.study.ask()
     attrs, steps = {"fail_reason": "x", "seconds": 1.5}, {1: 0.25, 2: 0.5}
@@ -237,9 +237,9 @@ def test_config_of_a_trial_cut_off_mid_suggestion_says_what_is_unset() -> None:
         distributions={"regularizer": CategoricalDistribution(["l1", "l2"]),
                        "l1": FloatDistribution(1e-6, 1e-1, log=True),
                        "dropout": FloatDistribution(0.0, 0.5)})
-    assert driver.config_of(full) == space.RegConfig("l1", l1=1e-4, dropout=0.3)
+    assert liveness.config_of(full) == space.RegConfig("l1", l1=1e-4, dropout=0.3)
     nothing = optuna.trial.create_trial(state=TrialState.FAIL)
-    assert driver.config_of(nothing) == space.RegConfig("unset")
+    assert liveness.config_of(nothing) == space.RegConfig("unset")
 
 
 class _FreezeCount:
@@ -268,7 +268,7 @@ def test_the_heap_is_frozen_while_the_study_loop_runs(make_spec) -> None:
     given back to the collector afterwards (it closes SQLite's pooled connections at exit)."""
     import gc
 
-    study_run = driver.open_run(make_spec(search={"n_trials": 2, "pruner": "none"},
+    study_run = opening.open_run(make_spec(search={"n_trials": 2, "pruner": "none"},
                                           trainer="keras"))
     count = _FreezeCount()
     driver.run_study(study_run, make_trainer(study_run), [count])

@@ -6,7 +6,7 @@ import pytest
 from optuna.trial import TrialState
 
 from regsearch.states import KillReason
-from regsearch import driver, interrupts
+from regsearch import driver, interrupts, opening
 from regsearch.trainers import make_trainer
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,8 @@ def packed_spec(make_spec, **overrides):
     return make_spec(trainer="packed", search=search, mlflow={"enabled": False}, **overrides)
 
 
-def run(spec, listeners=()) -> driver.StudyRun:
-    study_run = driver.open_run(spec)
+def run(spec, listeners=()) -> opening.StudyRun:
+    study_run = opening.open_run(spec)
     driver.run_study(study_run, make_trainer(study_run), listeners)
     return study_run
 
@@ -74,7 +74,7 @@ def test_members_are_pruned_one_by_one(make_spec) -> None:
 
 def test_ctrl_c_fails_every_running_member_and_a_rerun_completes(make_spec) -> None:
     spec = packed_spec(make_spec)
-    study_run = driver.open_run(spec)
+    study_run = opening.open_run(spec)
     with pytest.raises(KeyboardInterrupt):
         # 4 slots x 3 epochs: report 18 is epoch 2 of the second pack of four trials.
         driver.run_study(study_run, make_trainer(study_run),
@@ -103,10 +103,10 @@ def test_automatic_pack_is_at_most_a_quarter_of_the_budget(make_spec) -> None:
     assert [adaptive_pack_cap(n) for n in (1, 4, 30, 64)] == [1, 1, 8, 16]
     automatic = make_spec(trainer="packed", search={"n_trials": 30, "pruner": "none"},
                           mlflow={"enabled": False})
-    assert make_trainer(driver.open_run(automatic)).pack_size == 8
+    assert make_trainer(opening.open_run(automatic)).pack_size == 8
     chosen = make_spec(trainer="packed", search={"n_trials": 30, "pack_size": 20},
                        mlflow={"enabled": False})
-    assert make_trainer(driver.open_run(chosen)).pack_size == 20
+    assert make_trainer(opening.open_run(chosen)).pack_size == 20
 
 
 def test_a_packs_pruning_reads_the_study_once_an_epoch_and_writes_every_report(
@@ -117,7 +117,7 @@ def test_a_packs_pruning_reads_the_study_once_an_epoch_and_writes_every_report(
     spec = packed_spec(make_spec, train__epochs=6,
                        space={"strength": {"low": 1e-4, "high": 30.0}},
                        search={"n_trials": 16, "pruner": "median", "pack_size": 8})
-    study_run = driver.open_run(spec)
+    study_run = opening.open_run(spec)
     storage = study_run.study._storage
     reads: list[int] = []
     real = storage.get_all_trials

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from regsearch import driver
+from regsearch import driver, opening
 from regsearch.data import load_dataset
 from regsearch.errors import SpecError
 from regsearch.space import RegConfig
@@ -156,7 +156,7 @@ def test_a_data_set_where_leaking_would_show_scores_at_chance(tmp_path: Path,
                                                                   "dropout": {"high": 0.0}},
            "storage": f"sqlite:///{tmp_path / 's.db'}", "mlflow": {"enabled": False},
            "confirm": None, "trainer": trainer}
-    run = driver.open_run(parse_spec(raw, source="leak.yaml"))
+    run = opening.open_run(parse_spec(raw, source="leak.yaml"))
     driver.run_study(run, make_trainer(run))
     [trial] = run.study.trials
     [record] = run.ledger.records("leak")
@@ -171,7 +171,7 @@ def test_fold_scores_are_recorded_in_optuna_the_ledger_and_mlflow(make_spec) -> 
 
     spec = make_spec(data={"builtin": "digits", "folds": 3},
                      search={"n_trials": 2, "pruner": "none"})
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     driver.run_study(run, make_trainer(run))
     trial = run.study.trials[-1]
     values = trial.user_attrs["member_values"]

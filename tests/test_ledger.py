@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from regsearch.states import KillReason
-from regsearch import driver, space
+from regsearch import driver, liveness, opening, space
 from regsearch.errors import StorageError
 from regsearch.recorders.ledger import (SCHEMA_VERSION, Base, Ledger, MetaRow, TrialRecord)
 from regsearch.space import RegConfig
@@ -491,13 +491,13 @@ def test_workers_opening_a_new_server_database_at_once_all_succeed(db_url) -> No
 
 # --------------------------------------------------------------------------- driver
 
-def _close(run: driver.StudyRun) -> None:
+def _close(run: opening.StudyRun) -> None:
     run.ledger.engine.dispose()
     storage = run.study._storage
     getattr(storage, "_backend", storage).engine.dispose()
 
 
-def _abandon_one_trial(run: driver.StudyRun) -> int:
+def _abandon_one_trial(run: opening.StudyRun) -> int:
     """What a killed worker leaves: a RUNNING Optuna trial and a `running` ledger row."""
     trial = run.study.ask()
     config = space.suggest(trial, run.spec.space)
@@ -508,16 +508,16 @@ def _abandon_one_trial(run: driver.StudyRun) -> int:
 
 
 def test_fail_abandoned_fails_the_trial_in_optuna_and_the_ledger(db_url, make_spec) -> None:
-    run = driver.open_run(make_spec(storage=db_url, mlflow={"enabled": False}))
+    run = opening.open_run(make_spec(storage=db_url, mlflow={"enabled": False}))
     try:
         number = _abandon_one_trial(run)
         assert trial_rows(run.ledger.engine)[0]["state"] == "running"
-        driver.fail_abandoned(run)
+        liveness.fail_abandoned(run)
         [trial] = run.study.get_trials()
         assert trial.state == TrialState.FAIL
         assert trial.user_attrs["fail_reason"] == KillReason.ABANDONED
-        assert trial.user_attrs[driver.UNCOUNTED] is True
-        assert run.done == 0 == driver.count_done([trial])
+        assert trial.user_attrs[liveness.UNCOUNTED] is True
+        assert run.done == 0 == liveness.count_done([trial])
         [row] = trial_rows(run.ledger.engine)
         assert (row["number"], row["state"], row["reason"]) == (number, "failed",
                                                                KillReason.ABANDONED)
@@ -535,12 +535,12 @@ def test_running_a_sqlite_study_fails_what_a_dead_process_left_running(db_url,
 
     spec = make_spec(storage=db_url, mlflow={"enabled": False},
                      search={"n_trials": 1, "pruner": "none"}, train__epochs=1)
-    first = driver.open_run(spec)
+    first = opening.open_run(spec)
     try:
         _abandon_one_trial(first)
     finally:
         _close(first)
-    second = driver.open_run(spec)
+    second = opening.open_run(spec)
     try:
         [row] = trial_rows(second.ledger.engine)
         [trial] = second.study.get_trials()
@@ -588,11 +588,11 @@ def test_real_studies_ledger_matches_optuna_trial_for_trial(db_url, make_spec,
 
     monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
     digits, diverging = _complete_pruned_and_failed(make_spec, db_url)
-    runs: list[driver.StudyRun] = []
+    runs: list[opening.StudyRun] = []
     rdb = None
     try:
         for spec in (digits, diverging):
-            runs.append(driver.open_run(spec))
+            runs.append(opening.open_run(spec))
             driver.run_study(runs[-1], make_trainer(runs[-1]))
         engine = runs[0].ledger.engine
         rdb = open_storage(db_url)  # a fresh reader of what Optuna stored
@@ -683,10 +683,10 @@ def test_a_broken_ledger_is_mended_from_optuna_when_the_study_is_opened(db_url, 
 
     monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
     digits, diverging = _complete_pruned_and_failed(make_spec, db_url)
-    runs: list[driver.StudyRun] = []
+    runs: list[opening.StudyRun] = []
     try:
         for spec in (digits, diverging):
-            runs.append(driver.open_run(spec))
+            runs.append(opening.open_run(spec))
             driver.run_study(runs[-1], make_trainer(runs[-1]))
         engine = runs[0].ledger.engine
         kept = epoch_rows(engine, 3)
@@ -699,8 +699,8 @@ def test_a_broken_ledger_is_mended_from_optuna_when_the_study_is_opened(db_url, 
         _break(engine, "diverging", 0, "UPDATE regsearch_trials SET state = 'running', "
                "reason = NULL WHERE id = :id")
         for spec in (digits, diverging):
-            runs.append(driver.open_run(spec))  # opening mends
-            assert driver.mend_ledger(runs[-1]) == 0  # and nothing is left to mend
+            runs.append(opening.open_run(spec))  # opening mends
+            assert opening.mend_ledger(runs[-1]) == 0  # and nothing is left to mend
         for spec, run in zip((digits, diverging), runs[2:]):
             trials = run.study.get_trials()
             rows = trial_rows(engine, spec.name)

@@ -758,7 +758,7 @@ def test_mlflow_prints_nothing_on_stdout(outage: Outage) -> None:
 def test_a_killed_run_is_closed_as_killed_when_the_study_is_reopened(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from regsearch import driver
+    from regsearch import liveness
     from regsearch.recorders.ledger import Ledger
 
     name = "stale"
@@ -806,7 +806,7 @@ def test_a_killed_run_is_closed_as_killed_when_the_study_is_reopened(tmp_path: P
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL,
                                          TrialState.COMPLETE]
     assert "process ended" in trials[1].user_attrs["fail_reason"]
-    assert driver.count_done(trials) == 2  # the abandoned trial spent no budget
+    assert liveness.count_done(trials) == 2  # the abandoned trial spent no budget
     records = {r.number: r for r in Ledger(storage).records(name)}
     assert {n: r.state for n, r in records.items()} == {0: "complete", 1: "failed",
                                                         2: "complete"}
@@ -878,10 +878,10 @@ class ScriptedTrainer:
 
 
 def run_in_process(spec: Any, trainer: ScriptedTrainer, **kwargs: Any) -> Any:
-    from regsearch import driver
+    from regsearch import driver, opening
     from regsearch.recorders.mlflow_live import MlflowRecorder
 
-    run = driver.open_run(spec, **kwargs)
+    run = opening.open_run(spec, **kwargs)
     driver.run_study(run, trainer)
     recorders = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
     assert len(recorders) == 1 and recorders[0].failed is None, recorders
@@ -935,10 +935,10 @@ def test_the_training_process_never_imports_mlflow(make_spec, tmp_path: Path) ->
         "mlflow": {"tracking_uri": sqlite_url(tmp_path / "mlflow.db")}}))
     script = (
         "import sys\n"
-        "from regsearch import driver\n"
+        "from regsearch import driver, opening\n"
         "from regsearch.spec import load_spec\n"
         "from regsearch.trainers import make_trainer\n"
-        f"run = driver.open_run(load_spec({str(spec_path)!r}))\n"
+        f"run = opening.open_run(load_spec({str(spec_path)!r}))\n"
         "driver.run_study(run, make_trainer(run))\n"
         "print('mlflow imported:', 'mlflow' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -971,12 +971,12 @@ def test_a_dead_writer_process_is_one_warning_and_the_study_goes_on(
         make_spec, tmp_path: Path) -> None:
     import io
 
-    from regsearch import driver
+    from regsearch import driver, opening
     from regsearch.recorders.mlflow_live import MlflowRecorder
 
     spec = make_spec()
     storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
-    run = driver.open_run(spec, n_trials=4, storage=storage, mlflow=tracking)
+    run = opening.open_run(spec, n_trials=4, storage=storage, mlflow=tracking)
     (recorder,) = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
     recorder.stream = io.StringIO()
     driver.run_study(run, KillsTheWriter(recorder, 0.5, 0.6, 0.7, 0.8))
@@ -1059,13 +1059,13 @@ def test_a_running_trials_epochs_reach_mlflow_while_it_trains(make_spec, tmp_pat
     """Sent every `epochs_every` seconds (0 here: every epoch); each epoch lands once."""
     from mlflow import MlflowClient
 
-    from regsearch import driver
+    from regsearch import driver, opening
     from regsearch.recorders.mlflow_live import MlflowRecorder
     from regsearch.trainers import make_trainer
 
     spec = make_spec(trainer=trainer, train__epochs=4)
     storage, tracking = sqlite_url(tmp_path / "study.db"), sqlite_url(tmp_path / "ml.db")
-    run = driver.open_run(spec, n_trials=3, storage=storage, mlflow=tracking)
+    run = opening.open_run(spec, n_trials=3, storage=storage, mlflow=tracking)
     (recorder,) = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
     recorder.epochs_every = 0.0
     watch = WatchesEpochTwo(recorder, tracking, spec.name)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from regsearch import driver
+from regsearch import driver, opening
 from regsearch.trainers import make_trainer
 from ui_screenshot import find_chromium, page_text, render
 
@@ -84,7 +84,7 @@ def _assert_png(path: Path, size: tuple[int, int]) -> None:
 def test_ui_shows_the_study_run_and_its_trial_runs(make_spec, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = make_spec(mlflow={"tracking_uri": uri}, search={"n_trials": 3, "pruner": "none"})
-    study_run = driver.open_run(spec)
+    study_run = opening.open_run(spec)
     driver.run_study(study_run, make_trainer(study_run))
 
     client = MlflowClient(tracking_uri=uri)

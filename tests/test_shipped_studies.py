@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from regsearch import driver
+from regsearch import driver, opening
 from regsearch.spec import parse_spec
 from regsearch.trainers import make_trainer
 
@@ -30,7 +30,7 @@ def test_a_shipped_study_runs_with_each_trainer(tmp_path: Path, path: Path,
     raw["search"].update(n_trials=2, pruner="none")
     raw.update(trainer=trainer, storage=f"sqlite:///{tmp_path / 's.db'}",
                mlflow={"enabled": False}, confirm=None)
-    run = driver.open_run(parse_spec(raw, source=path.name, base=path.parent))
+    run = opening.open_run(parse_spec(raw, source=path.name, base=path.parent))
     driver.run_study(run, make_trainer(run))
     trials = run.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from regsearch import driver
-from regsearch.driver import UNCOUNTED
+from regsearch import driver, liveness, opening
+from regsearch.liveness import UNCOUNTED
 from regsearch.states import KillReason
 from regsearch.spec import load_spec
 from regsearch.trainers import make_trainer
@@ -184,7 +184,7 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_rerun(tmp_path
     url = fresh_db(kind)
     path = write_study(tmp_path, "unbeaten", trials=2, heartbeat_interval=1, grace_period=2)
     path.write_text(path.read_text() + "mlflow:\n  enabled: false\n")
-    run = driver.open_run(load_spec(path), storage=url)
+    run = opening.open_run(load_spec(path), storage=url)
     orphans = [run.study.ask(), run.study.ask()]  # created, never beaten: a dead process's
     for orphan in orphans:
         orphan.suggest_float("dropout", 0.0, 0.5)
@@ -195,11 +195,11 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_rerun(tmp_path
             conn.execute(sa.text("UPDATE trials SET datetime_start = :s WHERE trial_id = :i"),
                          {"s": start, "i": orphan._trial_id})
     engine.dispose()
-    driver.reap_dead(run)
+    liveness.reap_dead(run)
     # not yet past the grace period by this process's clock, whatever the start times say
     assert [t.state for t in run.study.get_trials()] == [TrialState.RUNNING] * 2
     time.sleep(2.5)
-    driver.reap_dead(run)
+    liveness.reap_dead(run)
     trials = run.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
     assert all(t.user_attrs["fail_reason"].startswith(KillReason.DIED) for t in trials[:2])
@@ -307,7 +307,7 @@ def test_mlflow_lagging_behind_a_lost_database_still_records_the_finished_trials
     relay = Relay(url.host or "127.0.0.1", url.port or 5432)
     through = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     spec = load_spec(write_study(tmp_path, "lag", trials=3, epochs=2, trainer="keras"))
-    run = driver.open_run(spec, storage=through, mlflow=mlflow)
+    run = opening.open_run(spec, storage=through, mlflow=mlflow)
     (recorder,) = [r for r in run.recorders if isinstance(r, MlflowRecorder)]
     gate = threading.Event()
     recorder.tasks.put(gate.wait)  # MLflow lags: nothing of it is done before the cut

@@ -11,7 +11,7 @@ from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
 
 class LedgerRecorder(Listener):
-    """A `driver.Listener` writing trials' rows at their start and their end, a batch at a time."""
+    """A listener writing trials' rows at their start and their end, a batch at a time."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger

@@ -1,4 +1,4 @@
-"""Live MLflow recording: a `driver.Listener` that never blocks the study.
+"""Live MLflow recording: a `protocols.Listener` that never blocks the study.
 
 One experiment per study, a parent run per study, a nested child run per trial (see
 `regsearch.recorders.mlflow`, which also rebuilds runs with `sync`). Writes are queued to one
@@ -48,12 +48,12 @@ def worker_tags() -> dict[str, str]:
 
 
 class MlflowRecorder(Listener):
-    """A `driver.Listener` that mirrors the study into MLflow without ever blocking it."""
+    """A `protocols.Listener` that mirrors the study into MLflow without ever blocking it."""
 
     def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
                  drain_seconds: float = 30.0, epochs_every: float = EPOCHS_EVERY,
                  writer: WriterProcess | None = None) -> None:
-        """`writer`: one started earlier for `tracking_uri` (`driver.open_run` starts it
+        """`writer`: one started earlier for `tracking_uri` (`opening.open_run` starts it
         as soon as the data passes, so MLflow's import overlaps opening the study)."""
         self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
         self.drain_seconds, self.epochs_every = drain_seconds, epochs_every

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from regsearch.trainers.base import EpochMetrics, StopRules, TrialOutcome
 
 if TYPE_CHECKING:
-    from regsearch.driver import StudyRun
+    from regsearch.opening import StudyRun
     from regsearch.protocols import Trainer
 
 __all__ = ["EpochMetrics", "StopRules", "TrialOutcome", "make_trainer"]

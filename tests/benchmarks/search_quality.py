@@ -118,14 +118,14 @@ def split(raw: dict[str, Any]) -> tuple[Any, Any]:
 
 def regsearch_contestant(raw: dict[str, Any], budget: float) -> list[dict[str, Any]]:
     """A regsearch search with its timeout, then its confirmation: two answers."""
-    from regsearch import driver, report
+    from regsearch import driver, opening, report
     from regsearch.space import RegConfig
     from regsearch.trainers import make_trainer
 
     raw = {**raw, "search": {**raw["search"], "timeout": 0.75 * budget},
            "confirm": {"top": 5, "seeds": 5}}
     spec, _ = split(raw)
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     driver.run_study(run, make_trainer(run))
     summary = report.study_summary(run.study, run.storage_url)
     single = summary.get("search_best") or summary["best"]

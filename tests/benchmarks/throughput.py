@@ -264,7 +264,7 @@ class TimedTrainer:
 def run_regsearch(opts: argparse.Namespace, workdir: Path, trainer: str = "keras"
                   ) -> dict[str, Any]:
     """The Python API: open_run + run_study, ledger and MLflow recording on."""
-    from regsearch import driver
+    from regsearch import driver, opening
     from regsearch.errors import SpecError
     from regsearch.spec import parse_spec
     from regsearch.trainers import make_trainer
@@ -273,7 +273,7 @@ def run_regsearch(opts: argparse.Namespace, workdir: Path, trainer: str = "keras
         spec = parse_spec(study_dict(opts, workdir, trainer), source="throughput.py")
     except SpecError as exc:
         return {"skipped": "not available yet", "why": str(exc)}
-    run = driver.open_run(spec)
+    run = opening.open_run(spec)
     try:
         timed = TimedTrainer(make_trainer(run))
     except ValueError as exc:  # the spec knows the name but make_trainer does not yet

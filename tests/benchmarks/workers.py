@@ -81,13 +81,13 @@ class InstantTrainer:
 
 def bookkeeping(opts: argparse.Namespace, storage: str, mlflow: str | None) -> float:
     """Milliseconds of recording per trial."""
-    from regsearch import driver
+    from regsearch import driver, opening
     from regsearch.spec import parse_spec
 
     raw = study(f"bk-{uuid.uuid4().hex[:6]}", opts, storage=storage,
                 mlflow={"tracking_uri": mlflow or "sqlite:///unused.db",
                         "enabled": mlflow is not None})
-    run = driver.open_run(parse_spec(raw, source="workers.py"))
+    run = opening.open_run(parse_spec(raw, source="workers.py"))
     started = time.perf_counter()
     driver.run_study(run, InstantTrainer(opts.epochs))
     return (time.perf_counter() - started) * 1000 / opts.trials
