@@ -8,28 +8,21 @@ always before a study is created. Keras and TensorFlow are never imported here: 
 """
 
 from __future__ import annotations
-
 import logging
 import math
-import re
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from regsearch.errors import DataError
 from regsearch.folds import Fold, View, fold_view, make_folds, standardization
-from regsearch.spec import BUILTIN_DATASETS, TASKS, DataSpec, SyntheticSpec
+from regsearch.spec import TASKS, DataSpec
+from regsearch.data_sources import (Table, error, first_text,
+                                    first_value, read_table)
 
 MAX_CLASSES_INFERRED = 50
 MIN_SPLIT_ROWS = 30  # fewer rows in a split than this: warn that its scores are mostly noise
 log = logging.getLogger("regsearch")
-FILE_TYPES = (".csv", ".parquet", ".pq", ".npz")
-_BUILTIN_TASKS = {"digits": "multiclass", "breast_cancer": "binary", "wine": "multiclass",
-                  "iris": "multiclass", "diabetes": "regression"}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value to compare
@@ -84,18 +77,6 @@ class Dataset:
         return [fold_view(self.x_raw, self.y_raw, self.test_rows, fold,
                           regression=self.task == "regression") for fold in self.folds]
 
-
-@dataclass(frozen=True)
-class _Table:
-    """Raw data from any source, before checks: the single input of the common path."""
-
-    features: pd.DataFrame
-    target: np.ndarray | pd.Series
-    origin: str          # where, for error messages: a file path or e.g. builtin:digits
-    target_name: str
-    known_task: str | None = None
-
-
 # --------------------------------------------------------------------------- public API
 
 def load_dataset(spec: DataSpec, *, seed: int, task: str | None = None) -> Dataset:
@@ -105,167 +86,14 @@ def load_dataset(spec: DataSpec, *, seed: int, task: str | None = None) -> Datas
     Raises `DataError` with a one-line message for any unusable input.
     """
     if task is not None and task not in TASKS:
-        raise _error("task", f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
-    return _prepare(_read_table(spec, seed), spec, seed, task)
+        raise error("task", f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
+    return _prepare(read_table(spec, seed), spec, seed, task)
 
-
-# --------------------------------------------------------------------------- sources
-
-def _read_table(spec: DataSpec, seed: int) -> _Table:
-    """Dispatch on the kind of source named by the spec."""
-    if spec.builtin:
-        return _builtin_table(spec.builtin)
-    if spec.synthetic:
-        return _synthetic_table(spec.synthetic, seed)
-    if spec.file:
-        return _file_table(Path(spec.file), spec.target)
-    raise _error("data", "no data source given", "set one of builtin, file or synthetic")
-
-
-def _builtin_table(name: str) -> _Table:
-    """One of scikit-learn's bundled data sets (shipped with the package, so offline)."""
-    if name not in _BUILTIN_TASKS:
-        raise _error(f"builtin:{name}", "unknown built-in data set",
-                     f"use one of: {', '.join(BUILTIN_DATASETS)}")
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{name}")()
-    names = [str(c) for c in getattr(bunch, "feature_names", ())]
-    columns = names if len(names) == bunch.data.shape[1] else None
-    frame = pd.DataFrame(bunch.data, columns=columns or _default_names(bunch.data.shape[1]))
-    return _Table(frame, np.asarray(bunch.target), f"builtin:{name}", "target",
-                  _BUILTIN_TASKS[name])
-
-
-def _synthetic_table(s: SyntheticSpec, seed: int) -> _Table:
-    """Data drawn by scikit-learn's generators, reproducible from the study seed."""
-    from sklearn.datasets import make_classification, make_regression
-
-    informative = min(s.informative or max(2, s.features // 2), s.features)
-    if s.task == "regression":
-        x, y = make_regression(n_samples=s.samples, n_features=s.features,
-                               n_informative=informative, noise=s.noise, random_state=seed)
-        known = "regression"
-    else:
-        informative, clusters = _classification_shape(s, informative)
-        x, y = make_classification(
-            n_samples=s.samples, n_features=s.features, n_informative=informative,
-            n_redundant=0, n_repeated=0, n_classes=s.classes,
-            n_clusters_per_class=clusters, flip_y=min(max(s.noise, 0.0), 1.0),
-            random_state=seed)
-        known = "binary" if s.classes == 2 else "multiclass"
-    frame = pd.DataFrame(x, columns=_default_names(s.features))
-    return _Table(frame, y, f"synthetic:{s.task}", "y", known)
-
-
-def _classification_shape(s: SyntheticSpec, informative: int) -> tuple[int, int]:
-    """Informative features and clusters per class that make_classification accepts.
-
-    It needs classes * clusters <= 2**informative; rather than fail on small feature
-    counts, use one cluster per class and as many informative features as required.
-    """
-    needed = max(1, math.ceil(math.log2(s.classes)))
-    if needed > s.features:
-        raise _error(f"synthetic:{s.task}", f"{s.classes} classes need at least {needed} "
-                     f"features to be separable, got features={s.features}",
-                     f"set synthetic.features >= {needed} or lower synthetic.classes")
-    informative = max(informative, needed)
-    clusters = 2 if s.classes * 2 <= 2 ** informative else 1
-    return informative, clusters
-
-
-def _file_table(path: Path, target: str | None) -> _Table:
-    """A user's file; the extension picks the reader."""
-    suffix = path.suffix.lower()
-    if not path.exists():
-        raise _error(path, "no such data file",
-                     "check data.file (a relative path is resolved against the study file)")
-    if path.is_dir():
-        raise _error(path, "is a directory, not a data file", "point data.file at a file")
-    if path.stat().st_size == 0:
-        raise _error(path, "the file is empty", "write the data to it, or fix data.file")
-    if suffix not in FILE_TYPES:
-        raise _error(path, f"unsupported file type {suffix or '(no extension)'!r}",
-                     f"supported types are {', '.join(FILE_TYPES)}; convert the file")
-    if suffix == ".npz":
-        return _npz_table(path, target or "y")
-    reader: Callable[[Path], pd.DataFrame] = pd.read_csv if suffix == ".csv" else pd.read_parquet
-    return _frame_table(_read_frame(path, reader), path, target)
-
-
-def _read_frame(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
-    """Run a pandas reader, turning its many failure types into one DataError."""
-    try:
-        return reader(path)
-    except pd.errors.EmptyDataError:
-        raise _error(path, "the file is empty", "write a header row and data rows") from None
-    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
-        raise _unreadable(path, exc) from None
-
-
-def _frame_table(frame: pd.DataFrame, path: Path, target: str | None) -> _Table:
-    """Separate the target column from the feature columns of a table file."""
-    columns = [str(c) for c in frame.columns]
-    if target is None:
-        raise _error(path, "no target column given", f"set data.target to one of: "
-                     f"{_preview(columns)}")
-    if target not in columns:
-        separator = _other_separator(columns)
-        if separator:
-            raise _error(path, f"target column {target!r} not found; the file has one column, "
-                         f"{columns[0]!r}, so its values look separated by {separator!r}, not "
-                         "commas", "save it comma-separated, e.g. pandas.read_csv(path, "
-                         f"sep={separator!r}).to_csv(path, index=False)")
-        raise _error(path, f"target column {target!r} not found",
-                     f"set data.target to one of the columns: {_preview(columns)}")
-    where = columns.index(target)
-    features = frame.drop(columns=frame.columns[where])
-    features.columns = [str(c) for c in features.columns]
-    return _Table(features, frame.iloc[:, where], str(path), target)
-
-
-def _other_separator(columns: list[str]) -> str | None:
-    """The separator a one-column CSV's header suggests (`;`, tab, `|`), if any."""
-    if len(columns) != 1:
-        return None
-    return next((sep for sep in (";", "\t", "|") if sep in columns[0]), None)
-
-
-def _npz_table(path: Path, target: str) -> _Table:
-    """A NumPy archive holding a 2-D feature array `x` (or `X`) and a 1-D target array."""
-    arrays = _read_npz(path)
-    key = "x" if "x" in arrays else "X" if "X" in arrays else None
-    if key is None or target not in arrays:
-        wanted = "feature array 'x'" if key is None else f"target array {target!r}"
-        raise _error(path, f"no {wanted} in the archive (arrays: {_preview(list(arrays))})",
-                     "save it with numpy.savez(path, x=features, y=labels) or set data.target")
-    x, y = arrays[key], arrays[target]
-    if x.ndim != 2:
-        raise _error(path, f"array {key!r} must be 2-D (rows x features), got shape {x.shape}",
-                     "reshape it, e.g. x.reshape(len(x), -1)")
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise _error(path, f"target array {target!r} must be 1-D, got shape {y.shape}",
-                     "store class indices or values, one per row (not one-hot)")
-    return _Table(pd.DataFrame(x, columns=_default_names(x.shape[1])), y, str(path), target)
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Load every array eagerly, so a corrupt member fails here and not later."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("holds a single .npy array, not an .npz archive of named arrays")
-        with loaded:
-            return {name: loaded[name] for name in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise _unreadable(path, exc) from None
 
 
 # --------------------------------------------------------------------------- common path
 
-def _prepare(table: _Table, spec: DataSpec, seed: int, task: str | None) -> Dataset:
+def _prepare(table: Table, spec: DataSpec, seed: int, task: str | None) -> Dataset:
     """Checks, then split, then scaling: identical for every source."""
     x = _checked_features(table)
     values, numeric = _checked_target(table, len(x))
@@ -276,13 +104,13 @@ def _prepare(table: _Table, spec: DataSpec, seed: int, task: str | None) -> Data
     return _assemble(x, y, parts, task, class_names, table, spec, seed)
 
 
-def _checked_features(table: _Table) -> np.ndarray:
+def _checked_features(table: Table) -> np.ndarray:
     """Features as float64, after the checks that need only the feature frame."""
     frame = table.features
     if len(frame) == 0:
-        raise _error(table.origin, "has no data rows", "add rows to the file")
+        raise error(table.origin, "has no data rows", "add rows to the file")
     if frame.shape[1] == 0:
-        raise _error(table.origin, f"has no feature columns besides the target "
+        raise error(table.origin, f"has no feature columns besides the target "
                      f"{table.target_name!r}", "add at least one feature column")
     _check_numeric(frame, table.origin)
     x = frame.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -295,9 +123,9 @@ def _check_numeric(frame: pd.DataFrame, origin: str) -> None:
     bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if not bad:
         return
-    shown = ", ".join(f"{c!r} (e.g. {_first_text(frame[c])!r})" for c in bad[:5])
+    shown = ", ".join(f"{c!r} (e.g. {first_text(frame[c])!r})" for c in bad[:5])
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    raise _error(origin, f"non-numeric feature columns: {shown}{more}",
+    raise error(origin, f"non-numeric feature columns: {shown}{more}",
                  "one-hot or ordinal encode them, or drop them, before loading")
 
 
@@ -307,16 +135,16 @@ def _check_finite(x: np.ndarray, names: list[str], origin: str) -> None:
     count = int(bad.sum())
     if count:
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise _error(origin, f"{count} missing or infinite feature values, first at data "
+        raise error(origin, f"{count} missing or infinite feature values, first at data "
                      f"row {row} (0-based), column {names[col]!r}",
                      "fill or drop them (e.g. DataFrame.dropna()) before loading")
 
 
-def _checked_target(table: _Table, n_rows: int) -> tuple[np.ndarray, bool]:
+def _checked_target(table: Table, n_rows: int) -> tuple[np.ndarray, bool]:
     """The target as float64 (numeric) or object (labels), with row count and NaN checked."""
     series = pd.Series(table.target)
     if len(series) != n_rows:
-        raise _error(table.origin, f"features have {n_rows} rows but target "
+        raise error(table.origin, f"features have {n_rows} rows but target "
                      f"{table.target_name!r} has {len(series)} labels",
                      "store exactly one label per feature row")
     numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
@@ -327,7 +155,7 @@ def _checked_target(table: _Table, n_rows: int) -> tuple[np.ndarray, bool]:
         values = series.to_numpy(dtype=object)
         missing = pd.isna(values)
     if missing.any():
-        raise _error(table.origin, f"target {table.target_name!r} has {int(missing.sum())} "
+        raise error(table.origin, f"target {table.target_name!r} has {int(missing.sum())} "
                      f"missing or infinite values, first at data row "
                      f"{int(np.argmax(missing))} (0-based)", "drop or fill those rows")
     return values, numeric
@@ -335,12 +163,12 @@ def _checked_target(table: _Table, n_rows: int) -> tuple[np.ndarray, bool]:
 
 # --------------------------------------------------------------------------- task & labels
 
-def _resolve_task(values: np.ndarray, numeric: bool, task: str | None, table: _Table) -> str:
+def _resolve_task(values: np.ndarray, numeric: bool, task: str | None, table: Table) -> str:
     """Use the requested (or known) task after checking it fits, else infer one."""
     distinct = len(_unique_labels(values, numeric))
     if distinct < 2:
-        raise _error(table.origin, f"target {table.target_name!r} has a single value "
-                     f"({_first_value(pd.Series(values))!r}), nothing to learn",
+        raise error(table.origin, f"target {table.target_name!r} has a single value "
+                     f"({first_value(pd.Series(values))!r}), nothing to learn",
                      "use a target column with at least two classes or values")
     task = task or _infer_task(values, numeric, distinct)
     _check_task_fits(values, numeric, task, distinct, table)
@@ -355,18 +183,18 @@ def _infer_task(values: np.ndarray, numeric: bool, distinct: int) -> str:
 
 
 def _check_task_fits(values: np.ndarray, numeric: bool, task: str, distinct: int,
-                     table: _Table) -> None:
+                     table: Table) -> None:
     """A requested task the target cannot support is a user error, not a crash later."""
     name, origin = table.target_name, table.origin
     if task == "regression" and not numeric:
-        raise _error(origin, f"task regression needs a numeric target, but {name!r} holds "
-                     f"labels such as {_first_value(pd.Series(values))!r}",
+        raise error(origin, f"task regression needs a numeric target, but {name!r} holds "
+                     f"labels such as {first_value(pd.Series(values))!r}",
                      "use task binary or multiclass, or a numeric target")
     if task != "regression" and numeric and not _integer_valued(values):
-        raise _error(origin, f"task {task} needs class labels, but target {name!r} has "
+        raise error(origin, f"task {task} needs class labels, but target {name!r} has "
                      "non-integer values", "use task regression, or encode the classes")
     if task == "binary" and distinct != 2:
-        raise _error(origin, f"task binary needs exactly 2 classes, but target {name!r} "
+        raise error(origin, f"task binary needs exactly 2 classes, but target {name!r} "
                      f"has {distinct}", "use task multiclass, or leave the task out")
 
 
@@ -399,7 +227,7 @@ def _split_sizes(n: int, spec: DataSpec, origin: str) -> tuple[int, int, int]:
     n_val = max(1, _round(n * spec.validation_fraction))
     n_train = n - n_val - n_test
     if n_train < 2:
-        raise _error(origin, f"only {n} rows: validation_fraction={spec.validation_fraction:g}"
+        raise error(origin, f"only {n} rows: validation_fraction={spec.validation_fraction:g}"
                      f" and test_fraction={spec.test_fraction:g} leave {max(n_train, 0)} "
                      "training rows (at least 2 are needed, and 1 for validation)",
                      "add rows or lower the fractions")
@@ -449,7 +277,7 @@ def _can_stratify(labels: np.ndarray, n_out: int) -> bool:
 
 
 def _assemble(x: np.ndarray, y: np.ndarray, parts: tuple[np.ndarray, ...], task: str,
-              class_names: tuple[str, ...], table: _Table, spec: DataSpec,
+              class_names: tuple[str, ...], table: Table, spec: DataSpec,
               seed: int) -> Dataset:
     """Scale with training statistics only, so validation/test never leak into them."""
     train, val, test = parts
@@ -488,43 +316,3 @@ def _describe(spec: DataSpec, shape: tuple[int, ...], task: str, n_classes: int,
     return (f"{spec.describe()}, {shape[0]} rows x {shape[1]} features, {kind}; "
             f"{split} / test {sizes[2]}{repeats}")
 
-
-# --------------------------------------------------------------------------- messages
-
-def _error(where: str | Path, problem: str, fix: str) -> DataError:
-    """One line: where, what was wrong, how to fix it."""
-    return DataError(_one_line(f"{where}: {problem}; {fix}"))
-
-
-def _unreadable(path: Path, exc: BaseException) -> DataError:
-    """A reader's failure, shortened; the path is already at the start of the message."""
-    detail = _one_line(str(exc).replace(str(path), "the file"))[:200]
-    return _error(path, f"cannot be read as a {path.suffix.lower()} file "
-                  f"({type(exc).__name__}: {detail})",
-                  "check that the file is complete and really is in that format")
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _preview(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown or "(none)"
-
-
-def _first_value(series: pd.Series) -> object:
-    present = series.dropna()
-    value = present.iloc[0] if len(present) else None
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _first_text(column: pd.Series) -> object:
-    """The first value that is not a number, to show why a column is not numeric."""
-    present = column.dropna()
-    numbers = pd.to_numeric(present.astype(str), errors="coerce")
-    return _first_value(present[numbers.isna()] if numbers.isna().any() else present)
-
-
-def _default_names(count: int) -> list[str]:
-    return [f"x{i}" for i in range(count)]
