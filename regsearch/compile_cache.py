@@ -1,7 +1,7 @@
 """A persistent XLA compilation cache, so a process compiles a pack's step only once per machine.
 
-The packed trainer's XLA compile is ~3 s on a 2-core CPU, as long as a dozen epochs of a
-64-trial pack, and every new process pays it: each worker, each recycled worker, each
+The packed trainer's XLA compile takes as long as many epochs of a pack, and every new
+process pays it: each worker, each recycled worker, each
 `regsearch run` of the same architecture. TensorFlow (`--tf_xla_persistent_cache_directory`)
 and JAX (`jax_compilation_cache_dir`) can keep compiled executables on disk keyed by the
 program, so a later process with the same model, pack size and batch loads them instead.

@@ -126,9 +126,9 @@ def _say(text: str) -> None:
 def _long_lived_frozen() -> Iterator[None]:
     """Keep Python's cyclic collector off what exists when a study's loop starts.
 
-    With TensorFlow or JAX loaded and a model built the heap holds some 600,000 objects, and
-    each full collection walks them all: 0.3 s, about once per 64-trial search on a 2-core
-    CPU (measured with `gc.callbacks`), for nothing. Frozen, they are not walked; garbage made
+    With TensorFlow or JAX loaded and a model built the heap holds hundreds of thousands of
+    long-lived objects, and each full collection walks them all for nothing (figures in
+    tests/benchmarks/RESULTS.md). Frozen, they are not walked; garbage made
     during the loop is still collected. They are unfrozen afterwards, so that what only the
     collector frees (SQLAlchemy's pooled connections, whose close checkpoints a SQLite WAL
     into the database file) is freed at exit as before.

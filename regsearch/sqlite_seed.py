@@ -1,9 +1,8 @@
 """A new SQLite database starts as a copy of an empty one a library made once per version.
 
 Optuna and MLflow create a new database's tables through their schema tooling (alembic: its
-import, its migration scripts read from disk, MLflow's ~50 migrations run one by one), which
-costs a new search 0.4 s (Optuna's study) and ~1 s of CPU (MLflow's store) on a 2-core
-machine, where opening an existing database takes milliseconds. The empty database is made
+import, its migration scripts read from disk, MLflow's many migrations run one by one),
+which costs a new search far more than opening an existing database. The empty database is made
 by the library itself, at the head revision it checks, and kept in regsearch's cache
 (`compile_cache.cache_root`, one folder per library version) beside the compiled programs.
 

@@ -253,12 +253,10 @@ def engine_kwargs(url: str) -> dict:
 def tune_sqlite(engine: sqlalchemy.Engine | type[sqlalchemy.Engine]) -> None:
     """WAL and synchronous=NORMAL: a commit no longer waits for a full fsync.
 
-    Bookkeeping is a few commits per trial and epoch; on a default SQLite file that was
-    ~120 ms per 20-epoch trial, ~66 ms with these settings (measured on the 2-core box).
-    Durability stays: a power cut can lose the last commits, never corrupt the file.
-    Given the `Engine` class, every SQLite engine the process makes is tuned (the MLflow
-    writer process: MLflow makes its engine itself; its store then takes ~25 % less time
-    to create and to write a run).
+    Bookkeeping is a few commits per trial and epoch, and each waited for a full fsync on
+    a default SQLite file. Durability stays: a power cut can lose the last commits, never
+    corrupt the file. Given the `Engine` class, every SQLite engine the process makes is
+    tuned (the MLflow writer process, where MLflow makes its engine itself).
     """
     if isinstance(engine, sqlalchemy.Engine) and engine.dialect.name != "sqlite":
         return

@@ -3,9 +3,8 @@
 Optuna's ask/tell API is built for one trial at a time, and re-reads the database at every
 step: `Study.ask` reads every unfinished trial twice per call (to look for a waiting trial,
 then for the sampler), and once more to build the `Trial`; `Study.tell` reads the trial twice.
-Filling a pack of K slots is quadratic in K (bare Optuna on SQLite, TPE, three parameters:
-26 ms per ask for 16 asks, 52 ms for 256, 13 s to fill a GPU-sized pack), and each read of
-one trial costs some 5 ms of ORM work, more than a packed epoch spends per trial.
+Filling a pack of K slots is quadratic in K, and each read of one trial costs more ORM
+work than a packed epoch spends per trial.
 
 `PackStorage` stands in for the study's storage while this process asks or tells a batch:
 - the asks of a batch read the study once, when the batch starts (under the budget lock):
@@ -206,7 +205,7 @@ class PackStorage:
         """The batch's parameters in one transaction where possible, with the checks Optuna
         makes per parameter (the trial still runs; a name keeps its distribution across the
         study's trials) made once per trial and once per name: Optuna's own per-parameter
-        write reads the trial and an earlier parameter of that name each time (~2 ms)."""
+        write reads the trial and an earlier parameter of that name each time."""
         rdb = _rdb(self._storage)
         if not (params and can_batch(rdb)):
             for param in params:
@@ -259,8 +258,8 @@ def write_details(storage: optuna.storages.BaseStorage,
     """Trials' user attrs and intermediate values, {trial_id: (attrs, values)}, in one
     transaction where possible; returns the trial ids refused as already finished.
 
-    Optuna's public calls take a transaction and two lookups per row (~30 rows per trial:
-    35-50 ms on SQLite). For `RDBStorage` the rows go in through its own models in one
+    Optuna's public calls take a transaction and two lookups per row (some 30 rows per
+    trial). For `RDBStorage` the rows go in through its own models in one
     session; those are private, so any other storage, or an Optuna whose models changed,
     gets the public calls (`tests/test_driver.py` checks that this Optuna takes the batch).
     `finished` writes to trials that are finished already (a dead worker's).

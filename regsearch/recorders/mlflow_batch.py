@@ -1,15 +1,15 @@
 """Many trial runs started or ended in one transaction of MLflow's SQL tracking store.
 
 Through `MlflowClient` a trial's run takes four calls (create, its params, its end, its
-metrics and tags), and MLflow's SQL store opens nine sessions and transactions for them:
-12-19 ms of the writer's CPU a trial (64 trials of 20 epochs, SQLite, a 2-core CPU), beside
-a packed search that starts and ends 16 trials at once every few hundred milliseconds.
-Here a batch of starts, or of ends, is one transaction (2.5 ms a trial in batches of 16):
-MLflow's own store opens it and the rows are MLflow's own models
-(`mlflow.store.tracking.dbmodels`), filled as its `create_run`, `log_batch` and
-`set_terminated` fill them; tests compare runs written both ways, read back through the
-client, on SQLite, PostgreSQL and MariaDB. Running trials' epochs go the same way
-(`log_metrics`), and workers sharing a store lock only their own runs' rows (`_active_runs`).
+metrics and tags), and MLflow's SQL store opens nine sessions and transactions for them,
+beside a packed search that starts and ends many trials at once every fraction of a second.
+Here a batch of starts, or of ends, is one transaction: MLflow's own store opens it and the
+rows are MLflow's own models (`mlflow.store.tracking.dbmodels`), filled as its `create_run`,
+`log_batch` and `set_terminated` fill them; tests compare runs written both ways, read back
+through the client, on SQLite, PostgreSQL and MariaDB. Running trials' epochs go the same
+way (`log_metrics`), and workers sharing a store lock only their own runs' rows
+(`_active_runs`).
+
 Only SQL stores have this door: `for_client` gives None for an MLflow server, and the writer
 then calls the client per run.
 """
@@ -96,8 +96,8 @@ class BatchWriter:
         """End the runs: status and end time, metric points and each key's latest point
         (the highest (step, timestamp, value), as MLflow keeps it), tags set or replaced.
 
-        Rows go in as bulk inserts and each table is read once for the whole batch: through
-        ORM objects and per-run queries, 16 ends took ~90 ms of the writer's time."""
+        Rows go in as bulk inserts and each table is read once for the whole batch, not
+        through ORM objects and per-run queries."""
         now = int(time.time() * 1000)
         ids = [end.run_id for end in ends]
         with self.store.ManagedSessionMaker(read_only=False) as session:

@@ -1,10 +1,9 @@
 """MLflow's writes in a child process, off the training process's interpreter.
 
-MLflow's client and its SQL tracking store are Python: importing them takes 1-2 s, a new
-SQLite store ~1 s more to create its tables, and each trial's run 25-60 ms of interpreter
-time to start and end (measured on two 2-core machines). On the recorder's thread
-that time is taken from training (one interpreter lock) and the import delays the first
-pack; in a child process it runs beside training on another core.
+MLflow's client and its SQL tracking store are Python: importing them, creating a new
+store's tables, and starting and ending each trial's run all take interpreter time. On
+the recorder's thread that time is taken from training (one interpreter lock) and the
+import delays the first pack; in a child process it runs beside training on another core.
 
 `WriterProcess` is a stand-in for `MlflowWriter`: each method call is one request to the
 child and waits for its reply (on the recorder's thread, never the training loop). A
@@ -100,7 +99,7 @@ class WriterProcess:
 def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer `(method, args, kwargs)` requests with `(ok, value or problem)` until EOF.
 
-    MLflow is imported and its store opened (a new SQLite store creates its tables, ~1 s)
+    MLflow is imported and its store opened (a new SQLite store creates its tables)
     before the first request: the parent is then still building its model and tracing its
     first epoch on one core, so this runs on the other instead of beside the training.
     A store that fails here is tried again, and reported, at the first request."""
@@ -153,7 +152,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach replies
     serve(sys.argv[1], sys.stdin.buffer, replies)
     # Every request was answered after its write, so nothing is left to flush; MLflow's
-    # exit handlers and the interpreter's teardown would hold the parent's close ~1 s.
+    # exit handlers and the interpreter's teardown would only hold up the parent's close.
     replies.close()
     os._exit(0)
 

@@ -15,18 +15,17 @@ Readout = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
 class TensorFlowEpoch:
     """A whole epoch as one compiled TensorFlow program: every step, no Python in between.
 
-    Keras's `fit` (and its train function with `steps_per_execution`) runs the steps in a
-    graph loop that launches one XLA program per step and pulls each batch from `tf.data`;
-    for a packed step of a few milliseconds that costs as much again as the step (measured
-    at 16 members of 64-64-64 on digits: 47 ms an epoch as one program, 78-135 ms through
-    Keras's train function). Here the loop itself is compiled: each epoch's shuffled rows
-    are assigned to two variables and batch i is a slice of them. The last, short batch is
-    padded to full size with a row mask (the `sample_weight` that `PackedNet.compute_loss`
-    and `MemberDataLoss` read), so every step has one shape and the step is traced once.
+    Keras's `fit` (and its train function with `steps_per_execution`) runs the steps in a graph
+    loop that launches one XLA program per step and pulls each batch from `tf.data`; for a
+    packed step of a few milliseconds that costs as much again as the step. Here the loop
+    itself is compiled: each epoch's shuffled rows are assigned to two variables and batch i
+    is a slice of them. The last, short batch is padded to full size with a row mask (the
+    `sample_weight` that `PackedNet.compute_loss` and `MemberDataLoss` read), so every step
+    has one shape and the step is traced once.
 
     The dropout noise comes the same way, drawn by NumPy for the whole epoch (`train`'s
-    `noise`): XLA's CPU random-number code took ~15 % of a 16-member step on digits, NumPy
-    draws an epoch's worth in well under a millisecond. Without `noise_units` the model
+    `noise`): XLA's CPU random-number code is a large share of a small step, and NumPy
+    draws an epoch's worth in a fraction of it. Without `noise_units` the model
     draws its own (`MemberDropout`).
 
     With `member_masks` (folds: which rows each member trains on, one column per member) the

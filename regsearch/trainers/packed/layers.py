@@ -216,7 +216,7 @@ class PackedNet(keras.Model):
 
         Their value is zero: nothing reads the penalty inside the step (the trainer
         computes it from the weights once an epoch), and on XLA's CPU the reductions
-        alone were ~15 % of a step.
+        alone are a noticeable share of a step.
         """
         total = ops.zeros((self.members,))
         for layer in self.hidden:
@@ -244,8 +244,8 @@ class PackedNet(keras.Model):
 class MemberWrites:
     """Rows of member-axis variables to write, applied one assignment per variable.
 
-    Starting a trial writes a row of some 30 variables; one device op per row costs ~2 ms
-    on TensorFlow, so a full pack would spend seconds starting. Rows are staged and
+    Starting a trial writes a row of some 30 variables; one device op per row, for a full
+    pack, would cost more than its epochs. Rows are staged and
     applied together before anything reads or trains.
     """
 
