@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from regsearch.space import RegConfig
+from regsearch.spec import STRENGTHS
 
 if TYPE_CHECKING:
     import keras
@@ -17,12 +18,13 @@ DATA_LOSS = {
 }
 
 
-#: regularizer type -> the `keras.regularizers` class and its arguments from a config
-_KERAS_REGULARIZERS = {
-    "l1": ("L1", lambda c: {"l1": c.l1}),
-    "l2": ("L2", lambda c: {"l2": c.l2}),
-    "l1_l2": ("L1L2", lambda c: {"l1": c.l1, "l2": c.l2}),
-}
+#: regularizer type -> the `keras.regularizers` class; its arguments are the strengths
+#: the type uses (`spec.STRENGTHS`)
+_KERAS_CLASSES = {"l1": "L1", "l2": "L2", "l1_l2": "L1L2"}
+
+
+def _arguments(config: RegConfig) -> dict[str, float]:
+    return {name: getattr(config, name) for name in STRENGTHS[config.regularizer]}
 
 
 def make_regularizer(config: RegConfig) -> keras.regularizers.Regularizer | None:
@@ -31,8 +33,7 @@ def make_regularizer(config: RegConfig) -> keras.regularizers.Regularizer | None
 
     if config.regularizer == "none":
         return None
-    name, arguments = _KERAS_REGULARIZERS[config.regularizer]
-    return getattr(keras.regularizers, name)(**arguments(config))
+    return getattr(keras.regularizers, _KERAS_CLASSES[config.regularizer])(**_arguments(config))
 
 
 def regularizer_source(config: RegConfig) -> str:
@@ -40,9 +41,8 @@ def regularizer_source(config: RegConfig) -> str:
     keras.regularizers.L2(0.001)."""
     if config.regularizer == "none":
         return "None"
-    name, arguments = _KERAS_REGULARIZERS[config.regularizer]
-    return f"keras.regularizers.{name}(" + ", ".join(
-        f"{key}={value:.3g}" for key, value in arguments(config).items()) + ")"
+    return f"keras.regularizers.{_KERAS_CLASSES[config.regularizer]}(" + ", ".join(
+        f"{key}={value:.3g}" for key, value in _arguments(config).items()) + ")"
 
 
 def build_model(

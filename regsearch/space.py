@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from regsearch.spec import Range, SpaceSpec
+from regsearch.spec import STRENGTHS, Range, SpaceSpec
 
 
 class Suggester(Protocol):
@@ -38,13 +38,15 @@ class RegConfig:
         parts += [f"{k}={getattr(self, k):.3g}" for k in ("l1", "l2") if getattr(self, k)]
         return " ".join([*parts, f"dropout={self.dropout:.3g}"])
 
+    def effective(self) -> tuple[float, float]:
+        """(l1, l2) as training applies them: a strength the type does not use is 0."""
+        used = STRENGTHS[self.regularizer]
+        return (float(self.l1) if "l1" in used else 0.0, float(self.l2) if "l2" in used else 0.0)
+
     def params(self) -> dict[str, Any]:
         """The Optuna parameters that produce this config (strengths only where used)."""
         out: dict[str, Any] = {"regularizer": self.regularizer}
-        if self.regularizer in ("l1", "l1_l2"):
-            out["l1"] = self.l1
-        if self.regularizer in ("l2", "l1_l2"):
-            out["l2"] = self.l2
+        out.update({name: getattr(self, name) for name in STRENGTHS[self.regularizer]})
         out["dropout"] = self.dropout
         return out
 
@@ -63,8 +65,9 @@ def suggest(trial: Suggester, space: SpaceSpec) -> RegConfig:
     """Sample a config; a strength is sampled only for the types that use it."""
     kind = trial.suggest_categorical("regularizer", list(space.regularizers))
     strength = space.strength
-    l1 = _suggest_strength(trial, "l1", strength) if kind in ("l1", "l1_l2") else 0.0
-    l2 = _suggest_strength(trial, "l2", strength) if kind in ("l2", "l1_l2") else 0.0
+    used = STRENGTHS[kind]
+    l1 = _suggest_strength(trial, "l1", strength) if "l1" in used else 0.0
+    l2 = _suggest_strength(trial, "l2", strength) if "l2" in used else 0.0
     dropout = trial.suggest_float("dropout", space.dropout.low, space.dropout.high)
     return RegConfig(kind, l1=l1, l2=l2, dropout=dropout)
 
@@ -93,8 +96,8 @@ def iter_grid(space: SpaceSpec, size: int) -> Iterator[RegConfig]:
     start (the driver takes the next points a batch needs)."""
     strengths, dropouts = _axes(space, size)
     for kind in space.regularizers:
-        l1s = strengths if kind in ("l1", "l1_l2") else [0.0]
-        l2s = strengths if kind in ("l2", "l1_l2") else [0.0]
+        l1s = strengths if "l1" in STRENGTHS[kind] else [0.0]
+        l2s = strengths if "l2" in STRENGTHS[kind] else [0.0]
         for l1, l2, rate in itertools.product(l1s, l2s, dropouts):
             yield RegConfig(kind, l1=l1, l2=l2, dropout=rate)
 
@@ -102,9 +105,8 @@ def iter_grid(space: SpaceSpec, size: int) -> Iterator[RegConfig]:
 def grid_count(space: SpaceSpec, size: int) -> int:
     """How many configs `iter_grid` yields, without making them."""
     strengths, dropouts = _axes(space, size)
-    per_kind = {"none": 1, "l1": len(strengths), "l2": len(strengths),
-                "l1_l2": len(strengths) ** 2}
-    return sum(per_kind[kind] for kind in space.regularizers) * len(dropouts)
+    return sum(len(strengths) ** len(STRENGTHS[kind])
+               for kind in space.regularizers) * len(dropouts)
 
 
 def _axes(space: SpaceSpec, size: int) -> tuple[list[float], list[float]]:

@@ -20,7 +20,10 @@ import yaml
 from regsearch.errors import SpecError
 from regsearch.objective import Direction, is_better  # noqa: F401 - where callers have found it
 
-REGULARIZERS = ("none", "l1", "l2", "l1_l2")
+#: Each regularizer type and the strengths it uses (the one home of this rule).
+STRENGTHS: dict[str, tuple[str, ...]] = {"none": (), "l1": ("l1",), "l2": ("l2",),
+                                         "l1_l2": ("l1", "l2")}
+REGULARIZERS = tuple(STRENGTHS)
 TASKS = ("binary", "multiclass", "regression")
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 SYNTHETIC_TASKS = ("classification", "regression")

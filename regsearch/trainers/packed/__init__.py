@@ -16,11 +16,11 @@ restarts when a slot is refilled. A member is exported as the standard model of
 
 from regsearch.trainers.packed.layers import (MemberDataLoss, MemberDropout, MemberWrites,
                                               PackedDense, PackedNet, member_sample_losses)
-from regsearch.trainers.packed.optimizers import (SUPPORTED_OPTIMIZERS, SlotAdam, SlotSGD,
+from regsearch.trainers.packed.optimizers import (SlotAdam, SlotSGD,
                                                   make_optimizer)
 from regsearch.trainers.packed.sizing import choose_pack_size, member_parameters
 from regsearch.trainers.packed.trainer import PackedTrainer
 
-__all__ = ["SUPPORTED_OPTIMIZERS", "MemberDataLoss", "MemberDropout", "MemberWrites",
+__all__ = ["MemberDataLoss", "MemberDropout", "MemberWrites",
            "PackedDense", "PackedNet", "PackedTrainer", "SlotAdam", "SlotSGD",
            "choose_pack_size", "make_optimizer", "member_parameters", "member_sample_losses"]

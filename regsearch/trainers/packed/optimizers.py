@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from regsearch.spec import PACKED_OPTIMIZERS
 from regsearch.trainers.packed.layers import MemberWrites
-
-SUPPORTED_OPTIMIZERS = ("adam", "sgd")
 
 
 class _SlotMixin(keras.optimizers.Optimizer):
@@ -80,5 +79,5 @@ def make_optimizer(name: str, learning_rate: float, members: int) -> keras.Optim
     if name == "sgd":
         return SlotSGD(members, learning_rate=learning_rate)
     raise ValueError(f"the packed trainer supports the optimizers "
-                     f"{', '.join(SUPPORTED_OPTIMIZERS)}, not {name!r}; "
+                     f"{', '.join(PACKED_OPTIMIZERS)}, not {name!r}; "
                      "use the keras trainer for it")

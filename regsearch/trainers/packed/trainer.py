@@ -50,12 +50,6 @@ class _BatchHook(keras.callbacks.Callback):
         interrupts.check()
 
 
-def _effective(config: RegConfig) -> tuple[float, float]:
-    l1 = config.l1 if config.regularizer in ("l1", "l1_l2") else 0.0
-    l2 = config.l2 if config.regularizer in ("l2", "l1_l2") else 0.0
-    return float(l1), float(l2)
-
-
 class PackedTrainer:
     """Up to `pack_size` trials trained together, one shuffled epoch at a time."""
 
@@ -132,7 +126,7 @@ class PackedTrainer:
         elif slot not in free:
             raise ValueError(f"slot {slot} is not free")
         members = self.rows.of_slot(slot)
-        l1, l2 = _effective(config)
+        l1, l2 = config.effective()
         for j, member in enumerate(members):
             self.set_member_weights(member, self._initial_weights(
                 np.random.default_rng(seed if j == 0 else [seed, j])))
@@ -221,7 +215,7 @@ class PackedTrainer:
         view = self.rows.view(member)
         val_loss, val_metric = self._evaluate(self.rows.validation(val_out, member),
                                               view.y_val, view)
-        l1, l2 = map(np.float32, _effective(slot.config))
+        l1, l2 = map(np.float32, slot.config.effective())
         with np.errstate(all="ignore"):  # a diverged member's penalty is inf: it fails
             penalty = float(sum(float(l1 * np.sum(np.abs(w[member]), dtype=np.float32)
                                       + l2 * np.sum(np.square(w[member]), dtype=np.float32))
