@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from regsearch import faults, interrupts, space
 from regsearch.errors import StorageError
+from regsearch.optuna_compat import storage_of, trial_id_of
 from regsearch.liveness import (UNCOUNTED, Heartbeat,
                                 fail_abandoned, reap_dead, requeue)
 from regsearch.space import RegConfig
@@ -222,7 +223,7 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
                     asked.append(_Running(run.study.ask(), None, listeners, pruning))
                     faults.point("ask")
                     if heartbeat is not None:
-                        heartbeat.add(asked[-1].trial._trial_id)
+                        heartbeat.add(trial_id_of(asked[-1].trial))
                     asked[-1].config = space.suggest(asked[-1].trial, run.spec.space)
         if asked:
             started = [(running.trial.number, running.config) for running in asked
@@ -326,7 +327,7 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
                          uncounted=interrupted)
             run.interrupted = len(told) if interrupted else 0
             for trial in (t for t in told if stopped and t.config is not None):
-                requeue(run.study, run.study._storage.get_trial(trial.trial._trial_id))
+                requeue(run.study, storage_of(run.study).get_trial(trial_id_of(trial.trial)))
     except DATABASE_ERRORS:
         # The database is gone: the trials stay RUNNING there, and the next process to
         # open the study fails them (SQLite) or their missing heartbeats do (servers).
@@ -344,16 +345,16 @@ def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
     """
     if heartbeat is not None:
         for running, _ in finished:
-            heartbeat.remove(running.trial._trial_id)
+            heartbeat.remove(trial_id_of(running.trial))
     extra = {UNCOUNTED: True} if uncounted else {}
-    refused = run.pack.write_details({running.trial._trial_id: (
+    refused = run.pack.write_details({trial_id_of(running.trial): (
         trial_attrs(outcome) | extra, running.unreported) for running, outcome in finished})
     told: list[tuple[_Running, TrialOutcome]] = []
     with run.pack.telling():
         for running, outcome in finished:
             value = outcome.value if outcome.state == State.COMPLETE else None
             try:
-                if running.trial._trial_id not in refused:
+                if trial_id_of(running.trial) not in refused:
                     run.study.tell(running.trial, value, state=OPTUNA_STATE[outcome.state])
                     told.append((running, outcome))
                     continue

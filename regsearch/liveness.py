@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from regsearch import faults, space
 from regsearch.space import RegConfig
 from regsearch.states import KillReason
-from regsearch.study_io import fail_trials, stale_trial_ids, unbeaten_trial_ids
+from regsearch.optuna_compat import (fail_trials, stale_trial_ids, storage_of, study_id_of,
+                                     trial_id_of, unbeaten_trial_ids)
 
 if TYPE_CHECKING:
     from regsearch.opening import StudyRun
@@ -65,16 +66,16 @@ def fail_dead(run: StudyRun, trials: list[FrozenTrial], reason: str, *,
     for trial in trials:
         again = retry and len(_history(trial)) <= run.spec.workers.max_retries
         note = ("; re-queued" if again else "; retried too often, not re-queued") if retry else ""
-        attrs[trial._trial_id] = {"fail_reason": reason + note, UNCOUNTED: again or not retry}
-    won = fail_trials(run.study._storage, attrs)
-    failed = [t for t in trials if t._trial_id in won]
+        attrs[trial_id_of(trial)] = {"fail_reason": reason + note, UNCOUNTED: again or not retry}
+    won = fail_trials(storage_of(run.study), attrs)
+    failed = [t for t in trials if trial_id_of(t) in won]
     faults.point("reap")
     for trial in failed:
-        if retry and attrs[trial._trial_id][UNCOUNTED]:
+        if retry and attrs[trial_id_of(trial)][UNCOUNTED]:
             requeue(run.study, trial)
     by_reason: dict[str, dict[int, RegConfig]] = {}
     for trial in failed:
-        by_reason.setdefault(attrs[trial._trial_id]["fail_reason"], {})[trial.number] = \
+        by_reason.setdefault(attrs[trial_id_of(trial)]["fail_reason"], {})[trial.number] = \
             config_of(trial)
     for text, configs in by_reason.items():
         run.ledger.fail_running(run.spec.name, configs, text)
@@ -89,14 +90,14 @@ def reap_dead(run: StudyRun) -> None:
     their first beat; any process sharing the study may."""
     if not run.shared:
         return
-    storage = run.study._storage
-    dead = set(stale_trial_ids(storage, run.study._study_id))
+    storage = storage_of(run.study)
+    dead = set(stale_trial_ids(storage, study_id_of(run.study)))
     # A never-beaten trial is timed from when this process first saw it so, by its own
     # clock: the trial's start time is the creating machine's local time (Optuna's), and
     # machines' clocks and time zones differ.
     now = time.monotonic()
     run.unbeaten_since = {trial_id: run.unbeaten_since.get(trial_id, now) for trial_id
-                          in unbeaten_trial_ids(storage, run.study._study_id)}
+                          in unbeaten_trial_ids(storage, study_id_of(run.study))}
     dead |= {trial_id for trial_id, since in run.unbeaten_since.items()
              if now - since >= run.spec.workers.grace_period}
     if dead:
@@ -119,7 +120,7 @@ class Heartbeat:
     """
 
     def __init__(self, run: StudyRun) -> None:
-        self.storage: Any = run.study._storage
+        self.storage: Any = storage_of(run.study)
         self.interval = run.spec.workers.heartbeat_interval
         self.trial_ids: set[int] = set()
         self._lock = threading.Lock()

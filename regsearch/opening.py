@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from regsearch import space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import StorageError, StudyMismatchError
+from regsearch.optuna_compat import storage_of, study_id_of
 from regsearch.liveness import (count_done)
 from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.protocols import Listener
@@ -218,7 +219,7 @@ def mend_ledger(run: StudyRun) -> int:
     process may be alive)."""
     from regsearch.repair import optuna_records
 
-    trials = run.study._storage.get_all_trials(run.study._study_id, deepcopy=False)
+    trials = storage_of(run.study).get_all_trials(study_id_of(run.study), deepcopy=False)
     return run.ledger.mend(run.spec.name, optuna_records(run.spec.name, trials))
 
 

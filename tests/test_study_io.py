@@ -10,7 +10,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from regsearch.study_io import PackStorage, write_details
+from regsearch.optuna_compat import write_details
+from regsearch.study_io import PackStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
