@@ -12,6 +12,10 @@ way (`log_metrics`), and workers sharing a store lock only their own runs' rows
 
 Only SQL stores have this door: `for_client` gives None for an MLflow server, and the writer
 then calls the client per run.
+
+This is the one module that names MLflow's private parts (its SQL store's models, session
+maker and validators, its schema set-up); tested with MLflow 3.17 (`pyproject.toml` allows
+>=3.17,<4), on SQLite, PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
@@ -195,3 +199,10 @@ def _latest(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if key not in latest or _rank(point) > _rank(latest[key]):
             latest[key] = point
     return list(latest.values())
+
+
+def initialize_tables(engine: Any) -> None:
+    """A new store's tables, made by MLflow's own migrations (its private set-up)."""
+    from mlflow.store.db.utils import _initialize_tables
+
+    _initialize_tables(engine)

@@ -31,11 +31,12 @@ def seed_new_store(tracking_uri: str) -> bool:
 
 def _create(path: Path) -> None:
     import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables
+
+    from regsearch.recorders.mlflow_batch import initialize_tables
 
     engine = sqlalchemy.create_engine(f"sqlite:///{path}")
     try:
-        _initialize_tables(engine)
+        initialize_tables(engine)
     finally:
         engine.dispose()  # the last connection closed: SQLite folds a WAL back into the file
 
