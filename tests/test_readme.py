@@ -41,3 +41,11 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best" in proc.stdout and (tmp_path / "runs" / "regsearch.db").is_file()
+
+
+def test_readme_layout_names_every_module() -> None:
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    modules = {p.name for p in (ROOT / "regsearch").rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py") and "packed" not in p.parts}
+    missing = sorted(name for name in modules if name not in layout)
+    assert not missing, f"README Layout lacks: {missing}"
