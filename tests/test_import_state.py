@@ -4,6 +4,7 @@ warnings filters and environment. The CLI sets its presentation when it runs."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 PROBE = """
@@ -58,3 +59,56 @@ def test_the_cli_quiets_libraries_and_shows_warnings_as_lines() -> None:
             logging.getLogger(name).setLevel(level)
         logger.handlers[:] = handlers
         logger.propagate = propagate
+
+
+def _imports(path: Path, package: Path) -> set[str]:
+    """The regsearch modules a module imports when it is imported (not in functions, not
+    for type checking only)."""
+    import ast
+
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        nodes = node.body if isinstance(node, ast.Try) else [node]
+        for item in nodes:
+            if isinstance(item, ast.ImportFrom) and (item.module or "").startswith("regsearch"):
+                module = item.module or ""
+                for alias in item.names:
+                    sub = f"{module}.{alias.name}"
+                    found.add(sub if _path(sub, package) else module)
+            elif isinstance(item, ast.Import):
+                found |= {a.name for a in item.names if a.name.startswith("regsearch")}
+    return found
+
+
+def _path(module: str, package: Path) -> Path | None:
+    base = package.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_no_import_cycles() -> None:
+    package = Path(__file__).resolve().parents[1] / "regsearch"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[name] = _imports(path, package) - {name}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not cycles, " -> ".join(cycles[0])
