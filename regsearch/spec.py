@@ -73,19 +73,33 @@ class Objective:
 
 def resolve_objective(spec: StudySpec, task: str) -> Objective:
     """Fill in the default metric for `task` and check an explicit one fits it."""
+    named = spec.objective.metric is not None
     metric = spec.objective.metric or ("rmse" if task == "regression" else "accuracy")
-    if task not in METRICS[metric].tasks:
+    problem = objective_problem(metric, spec.objective.direction, task, named=named,
+                                data_task=True)
+    if problem:
+        raise SpecError(spec.source, f"objective.{problem[0]}", problem[1])
+    return Objective(metric, METRICS[metric].direction)
+
+
+def objective_problem(metric: str, direction: str | None, task: str | None, *, named: bool,
+                      data_task: bool = False) -> tuple[str, str] | None:
+    """(field, message) when `metric` does not fit `task` or `direction` would search for
+    its worst: the one rule for a study file's metric, direction and task."""
+    if task is not None and task not in METRICS[metric].tasks:
         allowed = [m.name for m in METRICS.values() if task in m.tasks]
-        raise SpecError(spec.source, "objective.metric",
-                        f"{metric!r} does not apply to the data's {task} task; "
-                        f"use one of: {', '.join(allowed)}")
-    direction = METRICS[metric].direction
-    if spec.objective.direction not in (None, direction):
-        raise SpecError(spec.source, "objective.direction",
-                        f"{spec.objective.direction!r} would search for the worst {metric} "
-                        f"(the default metric for a {task} task); use {direction!r}, "
-                        "name a metric, or leave direction out")
-    return Objective(metric, direction)
+        whose = "the data's" if data_task else "a"
+        return "metric", (f"{metric!r} does not apply to {whose} {task} task; "
+                          f"use one of: {', '.join(allowed)}")
+    right = METRICS[metric].direction
+    if direction is not None and direction != right:
+        if named:
+            return "direction", (f"{direction!r} would search for the worst {metric}; "
+                                 f"use {right!r} or leave it out")
+        return "direction", (f"{direction!r} would search for the worst {metric} (the default "
+                             f"metric for a {task} task); use {right!r}, name a metric, or "
+                             "leave direction out")
+    return None
 
 
 @dataclass(frozen=True)
@@ -574,13 +588,12 @@ def _parse_train(f: _Fields) -> TrainSpec:
 def _parse_objective(f: _Fields, task: str | None) -> ObjectiveSpec:
     metric = f.get("metric", _choice(tuple(METRICS)), None)
     direction = f.get("direction", _choice(DIRECTIONS), None)
-    if metric is not None and direction is not None and direction != METRICS[metric].direction:
-        raise f.error("direction", f"{direction!r} would search for the worst {metric}; "
-                                   f"use {METRICS[metric].direction!r} or leave it out")
-    if metric is not None and task is not None and task not in METRICS[metric].tasks:
-        allowed = [m.name for m in METRICS.values() if task in m.tasks]
-        raise f.error("metric", f"{metric!r} does not apply to a {task} task; "
-                                f"use one of: {', '.join(allowed)}")
+    if metric is not None:
+        # the direction first: in a study file it is the more specific mistake
+        problem = (objective_problem(metric, direction, None, named=True)
+                   or objective_problem(metric, None, task, named=True))
+        if problem:
+            raise f.error(*problem)
     return ObjectiveSpec(metric=metric, direction=direction)
 
 
