@@ -129,7 +129,7 @@ class MlflowWriter(ConfirmationWrites):
         """A RUNNING child run per trial, with its config as params; the run ids, in order.
 
         `started` is when the trials began, not when this (possibly late) write happens."""
-        runs = [NewRun(f"trial-{number:04d}", _ms(started), tags={
+        runs = [NewRun(f"trial-{number:04d}", epoch_ms(started), tags={
             "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study, TRIAL: str(number),
             STATE: "running", **(tags or {})}, params={
             k: str(v) for k, v in config.as_dict().items()}) for number, config in trials]
@@ -157,7 +157,7 @@ class MlflowWriter(ConfirmationWrites):
     @staticmethod
     def _run_end(run_id: str, record: TrialRecord, metric: str) -> RunEnd:
         """A run's end from its record: epochs, final numbers, status and state tags."""
-        stamp = _ms(record.finished) or int(time.time() * 1000)
+        stamp = epoch_ms(record.finished) or int(time.time() * 1000)
         metrics = _epoch_points(record.epochs, metric, stamp)
         metrics += [Metric(f"final_{k}", float(v), stamp, 0)
                     for k, v in record.summary.items() if v is not None]
@@ -168,7 +168,7 @@ class MlflowWriter(ConfirmationWrites):
                     for j, value in enumerate(members)]
         if len(members) > 1:
             metrics.append(Metric("member_sd", statistics.stdev(members), stamp, 0))
-        return RunEnd(run_id, _status(record), _ms(record.finished), metrics, {
+        return RunEnd(run_id, _status(record), epoch_ms(record.finished), metrics, {
             STATE: record.state, "regsearch.reason": record.reason or "", DONE: "true"})
 
     def _finish_run(self, end: RunEnd) -> None:
@@ -348,7 +348,7 @@ def _status(record: TrialRecord) -> str:
     return _STATUS.get(State(record.state), "FAILED")
 
 
-def _ms(moment: datetime | None) -> int | None:
+def epoch_ms(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1000) if moment is not None else None
 
 

@@ -45,7 +45,7 @@ class ConfirmationWrites:
         new = []
         for run, record in runs:
             source = "default" if run.is_default else f"t{run.trial:04d}"
-            new.append(m.NewRun(f"confirm-{source}-s{run.seed_index}", m._ms(record.started),
+            new.append(m.NewRun(f"confirm-{source}-s{run.seed_index}", m.epoch_ms(record.started),
                                 tags={"mlflow.parentRunId": parent_id,
                                       m.ROLE: "confirmation", m.STUDY: study,
                                       m.TRIAL: "" if run.trial is None else str(run.trial),
