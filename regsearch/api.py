@@ -14,7 +14,8 @@ from typing import Any
 from regsearch import opening
 from regsearch.errors import SpecError
 from regsearch.space import RegConfig
-from regsearch.spec import DEFAULT_STORAGE, StudySpec, check_field
+from regsearch.spec import DEFAULT_STORAGE, StudySpec
+from regsearch.study_file import check_field
 
 StudyInput = str | Path | StudySpec | dict[str, Any]
 
@@ -103,7 +104,7 @@ def load(name: str, *, storage: str = DEFAULT_STORAGE, top: int = 5) -> StudyRes
 
 
 def _spec(study: StudyInput) -> StudySpec:
-    from regsearch.spec import load_spec, parse_spec, parse_spec_text
+    from regsearch.study_file import load_spec, parse_spec, parse_spec_text
 
     if isinstance(study, StudySpec):
         return study

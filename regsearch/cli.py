@@ -17,7 +17,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool cu
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from regsearch.data import load_dataset
-    from regsearch.spec import load_spec, resolve_objective
+    from regsearch.spec import resolve_objective
+    from regsearch.study_file import load_spec
 
     spec = load_spec(args.study)
     data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
@@ -34,7 +35,7 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
     from regsearch.errors import SpecError
-    from regsearch.spec import check_field
+    from regsearch.study_file import check_field
 
     where: dict[str, str | None] = {}
     for key, field, variable in (("storage", "storage", "REGSEARCH_STORAGE"),
@@ -51,7 +52,7 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from regsearch import driver, report
     from regsearch.progress import Progress
-    from regsearch.spec import load_spec
+    from regsearch.study_file import load_spec
     from regsearch.trainers import make_trainer
 
     spec = load_spec(args.study)
@@ -80,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from regsearch import driver
-    from regsearch.spec import load_spec
+    from regsearch.study_file import load_spec
     from regsearch.storage import mask_url
 
     spec = load_spec(args.study)
@@ -97,7 +98,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import os
 
     from regsearch.devices import claim_gpu
-    from regsearch.spec import load_spec
+    from regsearch.study_file import load_spec
 
     spec = load_spec(args.study)
     if args.claim_gpu:  # before anything starts CUDA
@@ -208,7 +209,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _field(path: str) -> Callable[[str], Any]:
     """An argparse type checking a flag as the study-file field `path` is checked."""
-    from regsearch.spec import check_field
+    from regsearch.study_file import check_field
 
     def convert(text: str) -> Any:
         try:

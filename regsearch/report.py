@@ -76,7 +76,7 @@ def stored_spec(name: str, storage_url: str) -> StudySpec:
     from dataclasses import replace
 
     from regsearch.recorders.ledger import Ledger
-    from regsearch.spec import parse_spec
+    from regsearch.study_file import parse_spec
     from regsearch.storage import require_existing
 
     require_existing(storage_url)

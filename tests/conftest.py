@@ -19,7 +19,8 @@ if "REGSEARCH_COMPILE_CACHE" not in os.environ:
     os.environ["REGSEARCH_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="regsearch-xla-")
     atexit.register(shutil.rmtree, os.environ["REGSEARCH_COMPILE_CACHE"], ignore_errors=True)
 
-from regsearch.spec import StudySpec, parse_spec
+from regsearch.spec import StudySpec
+from regsearch.study_file import parse_spec
 
 
 def tiny_study(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

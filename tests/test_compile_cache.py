@@ -17,7 +17,7 @@ from regsearch import compile_cache
 _TRAIN_ONE_PACK = """
 import sys
 from regsearch.opening import open_run
-from regsearch.spec import parse_spec
+from regsearch.study_file import parse_spec
 from regsearch.space import RegConfig
 from regsearch.trainers import make_trainer
 import keras

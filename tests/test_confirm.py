@@ -267,7 +267,7 @@ def test_on_the_breast_cancer_study_the_best_is_not_a_near_chance_model(tmp_path
     number once named a model whose validation loss was near chance (0.65 of 0.69)."""
     import yaml
 
-    from regsearch.spec import parse_spec
+    from regsearch.study_file import parse_spec
 
     path = Path(__file__).parents[1] / "studies" / "breast-cancer.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))

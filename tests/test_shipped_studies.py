@@ -13,7 +13,7 @@ import yaml
 from optuna.trial import TrialState
 
 from regsearch import driver, opening
-from regsearch.spec import parse_spec
+from regsearch.study_file import parse_spec
 from regsearch.trainers import make_trainer
 
 pytestmark = pytest.mark.slow

@@ -15,24 +15,10 @@ import pytest
 import yaml
 
 from regsearch.errors import RegsearchError, SpecError
-from regsearch.spec import (
-    DEFAULT_STORAGE,
-    REGULARIZERS,
-    DataSpec,
-    EarlyStopping,
-    ModelSpec,
-    ObjectiveSpec,
-    Range,
-    SearchSpec,
-    SpaceSpec,
-    StudySpec,
-    SyntheticSpec,
-    Objective,
-    TrainSpec,
-    load_spec,
-    parse_spec,
-    resolve_objective,
-)
+from regsearch.spec import (DEFAULT_STORAGE, REGULARIZERS, DataSpec, EarlyStopping, ModelSpec,
+                            ObjectiveSpec, Range, SearchSpec, SpaceSpec, StudySpec, SyntheticSpec,
+                            Objective, TrainSpec, resolve_objective)
+from regsearch.study_file import load_spec, parse_spec
 
 # --------------------------------------------------------------------------- helpers
 
@@ -790,7 +776,7 @@ def test_pack_size_does_not_change_the_study_identity() -> None:
 
 
 def test_is_better_follows_the_direction_and_margin() -> None:
-    from regsearch.spec import is_better
+    from regsearch.objective import is_better
 
     assert is_better("maximize", 0.9, None) and is_better("minimize", 0.9, None)
     assert is_better("maximize", 0.9, 0.8) and not is_better("maximize", 0.8, 0.9)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from regsearch import driver, liveness, opening
 from regsearch.liveness import UNCOUNTED
 from regsearch.states import KillReason
-from regsearch.spec import load_spec
+from regsearch.study_file import load_spec
 from regsearch.trainers import make_trainer
 from servers import (TIMEOUT, Relay, assert_one_gpu_per_worker, check_agreement, counted,
                      init_and_start_worker, ledger_rows, ledger_run_id, mlflow_runs,

@@ -108,7 +108,7 @@ def study(name: str, pool: Path, seed: int, folder: Path, **extra: Any) -> dict[
 
 def split(raw: dict[str, Any]) -> tuple[Any, Any]:
     from regsearch.data import load_dataset
-    from regsearch.spec import parse_spec
+    from regsearch.study_file import parse_spec
 
     spec = parse_spec(raw, source="search_quality.py")
     return spec, load_dataset(spec.data, seed=spec.seed)

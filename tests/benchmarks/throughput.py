@@ -97,7 +97,7 @@ def study_dict(opts: argparse.Namespace, workdir: Path, trainer: str = "keras") 
 def load_spec_and_data(opts: argparse.Namespace, workdir: Path) -> tuple[StudySpec, Dataset]:
     """The validated spec and the split, standardized data (same split for everyone)."""
     from regsearch.data import load_dataset
-    from regsearch.spec import parse_spec
+    from regsearch.study_file import parse_spec
 
     spec = parse_spec(study_dict(opts, workdir), source="throughput.py")
     return spec, load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
@@ -266,7 +266,7 @@ def run_regsearch(opts: argparse.Namespace, workdir: Path, trainer: str = "keras
     """The Python API: open_run + run_study, ledger and MLflow recording on."""
     from regsearch import driver, opening
     from regsearch.errors import SpecError
-    from regsearch.spec import parse_spec
+    from regsearch.study_file import parse_spec
     from regsearch.trainers import make_trainer
 
     try:

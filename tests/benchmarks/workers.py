@@ -82,7 +82,7 @@ class InstantTrainer:
 def bookkeeping(opts: argparse.Namespace, storage: str, mlflow: str | None) -> float:
     """Milliseconds of recording per trial."""
     from regsearch import driver, opening
-    from regsearch.spec import parse_spec
+    from regsearch.study_file import parse_spec
 
     raw = study(f"bk-{uuid.uuid4().hex[:6]}", opts, storage=storage,
                 mlflow={"tracking_uri": mlflow or "sqlite:///unused.db",
