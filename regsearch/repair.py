@@ -23,20 +23,21 @@ from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics
 _NAN = float("nan")
 
 
-def optuna_records(study: str, trials: Iterable[FrozenTrial]) -> list[TrialRecord]:
+def optuna_records(study_name: str, trials: Iterable[FrozenTrial]) -> list[TrialRecord]:
     """Optuna's finished trials as ledger records: state, value, reason and the summary
     Optuna keeps beside them; per-epoch scores from its intermediate values (the losses of
     each epoch live only in the ledger, so a mended row's epochs hold the objective alone)."""
-    return [_record(study, trial) for trial in trials if trial.state in FROM_OPTUNA]
+    return [_record(study_name, trial) for trial in trials if trial.state in FROM_OPTUNA]
 
 
-def _record(study: str, trial: FrozenTrial) -> TrialRecord:
+def _record(study_name: str, trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
     epochs = tuple(EpochMetrics(epoch=step, train_loss=_NAN, val_loss=_NAN, val_metric=value,
                                 penalty=_NAN)
                    for step, value in sorted(trial.intermediate_values.items()))
     return TrialRecord(
-        study=study, number=trial.number, state=FROM_OPTUNA[trial.state], config=config_of(trial),
+        study_name=study_name, number=trial.number, state=FROM_OPTUNA[trial.state],
+        config=config_of(trial),
         value=trial.value, reason=attrs.get("fail_reason") or attrs.get("stop_reason"),
         summary={key: attrs.get(key) for key in SUMMARY_FIELDS}, epochs=epochs,
         started=_utc(trial.datetime_start), finished=_utc(trial.datetime_complete),

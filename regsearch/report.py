@@ -82,7 +82,7 @@ def stored_spec(name: str, storage_url: str) -> StudySpec:
     require_existing(storage_url)
     ledger = Ledger(storage_url)
     try:
-        found = ledger.study(name)
+        found = ledger.study_info(name)
         there = ", ".join(ledger.study_names()) or "none"
     finally:
         ledger.engine.dispose()

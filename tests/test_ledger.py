@@ -210,11 +210,11 @@ def test_fresh_ledger_creates_its_tables_and_schema_version(open_ledger, db_url)
     assert meta_rows(again.engine) == {"schema_version": str(SCHEMA_VERSION)}
     assert again.study_names() == [STUDY]
     assert [r.number for r in again.records(STUDY)] == [0]
-    assert again.study(STUDY) == {"name": STUDY, "spec_hash": "0123456789abcdef",
+    assert again.study_info(STUDY) == {"name": STUDY, "spec_hash": "0123456789abcdef",
                                   "spec": {"name": STUDY, "seed": 3},
                                   "data_description": "builtin:digits", "metric": "accuracy",
                                   "direction": "maximize"}
-    assert again.study("nope") is None
+    assert again.study_info("nope") is None
     if ledger.engine.dialect.name == "sqlite":  # commits wait for no full fsync
         with ledger.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -599,7 +599,7 @@ def test_real_studies_ledger_matches_optuna_trial_for_trial(db_url, make_spec,
         states: set[str] = set()
         for spec, metric, direction in ((digits, "accuracy", "maximize"),
                                         (diverging, "rmse", "minimize")):
-            info = runs[0].ledger.study(spec.name)
+            info = runs[0].ledger.study_info(spec.name)
             assert (info["spec_hash"], info["metric"], info["direction"]) == (
                 spec.spec_hash, metric, direction)
             assert info["spec"]["data"]["builtin"] == spec.data.builtin

@@ -590,7 +590,7 @@ def test_the_parents_best_is_the_best_any_worker_found(tmp_path: Path) -> None:
     parent = writer.parent_run(experiment, info, "")
 
     def finished(number: int, value: float) -> TrialRecord:
-        return TrialRecord(study="shared", number=number, state="complete",
+        return TrialRecord(study_name="shared", number=number, state="complete",
                            config=RegConfig("l2", l2=1e-3 * number, dropout=0.1), value=value)
 
     for number, value in ((5, 0.98), (3, 0.99), (7, 0.97)):  # worker A: 5 and 7; B: 3

@@ -15,16 +15,16 @@ class LedgerRecorder(Listener):
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.study = ""
+        self.study_name = ""
 
     def study_opened(self, run: Any) -> None:
-        self.study = run.spec.name
+        self.study_name = run.spec.name
 
     def trials_started(self, started: list[tuple[int, RegConfig]]) -> None:
-        self.ledger.trials_started(self.study, started)
+        self.ledger.trials_started(self.study_name, started)
 
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
         pass  # written with the trial, in one transaction
 
     def trials_ended(self, ended: list[tuple[int, RegConfig, TrialOutcome]]) -> None:
-        self.ledger.trials_ended(self.study, ended)
+        self.ledger.trials_ended(self.study_name, ended)

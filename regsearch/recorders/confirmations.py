@@ -70,13 +70,13 @@ class Confirmations:
         self.engine = ledger.engine
 
     @contextmanager
-    def lock(self, study: str) -> Iterator[bool]:
+    def lock(self, study_name: str) -> Iterator[bool]:
         """Whether this process may confirm `study` now (True for as long as the block
         runs): False when another process holds the lock. SQLite has one process."""
         if self.engine.dialect.name == "sqlite":
             yield True
             return
-        name = "confirm:" + hashlib.sha1(study.encode()).hexdigest()[:20]
+        name = "confirm:" + hashlib.sha1(study_name.encode()).hexdigest()[:20]
         try:
             with Session(self.engine) as session, session.begin():
                 if session.get(LockRow, name) is None:
@@ -88,10 +88,10 @@ class Confirmations:
                                    .with_for_update(skip_locked=True)).first()
             yield held is not None
 
-    def plan(self, study: str, runs: Sequence[PlannedRun]) -> None:
+    def plan(self, study_name: str, runs: Sequence[PlannedRun]) -> None:
         """Rows for the planned runs the ledger lacks (those it has are kept as they are)."""
         with Session(self.engine) as session, session.begin():
-            study_id = session.scalar(sa.select(StudyRow.id).where(StudyRow.name == study))
+            study_id = session.scalar(sa.select(StudyRow.id).where(StudyRow.name == study_name))
             have = set(session.execute(sa.select(ConfirmationRow.config_key,
                                                  ConfirmationRow.seed_index)
                                        .where(ConfirmationRow.study_id == study_id)).all())
@@ -104,10 +104,10 @@ class Confirmations:
                     state=State.PLANNED, regularizer=run.config.regularizer, l1=run.config.l1,
                     l2=run.config.l2, dropout=run.config.dropout))
 
-    def ended(self, study: str, ended: Sequence[tuple[PlannedRun, TrialOutcome]]) -> None:
+    def ended(self, study_name: str, ended: Sequence[tuple[PlannedRun, TrialOutcome]]) -> None:
         """Fill in the rows of runs that ended, with their epochs, in one transaction."""
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study, epochs=True)
+            rows = self._rows(session, study_name, epochs=True)
             for run, outcome in ended:
                 row = rows[(run.key, run.seed_index)]
                 summary = outcome.summary()
@@ -121,29 +121,29 @@ class Confirmations:
                     val_metric=finite(m.val_metric), penalty=finite(m.penalty))
                     for m in outcome.history]
 
-    def set_mlflow(self, study: str, runs: dict[tuple[str, int], str]) -> None:
+    def set_mlflow(self, study_name: str, runs: dict[tuple[str, int], str]) -> None:
         """{(config key, seed index): MLflow run id} of runs written to MLflow."""
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study)
+            rows = self._rows(session, study_name)
             for key, run_id in runs.items():
                 rows[key].mlflow_run_id, rows[key].mlflow_synced = run_id, True
 
-    def records(self, study: str) -> list[ConfirmationRecord]:
+    def records(self, study_name: str) -> list[ConfirmationRecord]:
         """Every confirmation row of the study, planned or ended."""
         with Session(self.engine) as session:
-            return [_record(row) for row in self._rows(session, study, epochs=True).values()]
+            return [_record(row) for row in self._rows(session, study_name, epochs=True).values()]
 
-    def _rows(self, session: Session, study: str, *,
+    def _rows(self, session: Session, study_name: str, *,
               epochs: bool = False) -> dict[tuple[str, int], ConfirmationRow]:
         query = (sa.select(ConfirmationRow).join(StudyRow, StudyRow.id == ConfirmationRow.study_id)
-                 .where(StudyRow.name == study)
+                 .where(StudyRow.name == study_name)
                  .order_by(ConfirmationRow.seed_index, ConfirmationRow.id))
         if epochs:
             query = query.options(selectinload(ConfirmationRow.epochs))
         return {(row.config_key, row.seed_index): row for row in session.scalars(query)}
 
 
-def read_records(url: str, study: str) -> list[ConfirmationRecord]:
+def read_records(url: str, study_name: str) -> list[ConfirmationRecord]:
     """A study's confirmation runs, read without creating anything (`regsearch best`): none
     where the database has no confirmation table (a study recorded before they existed)."""
     engine = sa.create_engine(url, **engine_kwargs(url))
@@ -153,7 +153,8 @@ def read_records(url: str, study: str) -> list[ConfirmationRecord]:
         with Session(engine) as session:
             query = (sa.select(ConfirmationRow)
                      .join(StudyRow, StudyRow.id == ConfirmationRow.study_id)
-                     .where(StudyRow.name == study).options(selectinload(ConfirmationRow.epochs)))
+                     .where(StudyRow.name == study_name)
+                     .options(selectinload(ConfirmationRow.epochs)))
             return [_record(row) for row in session.scalars(query)]
     finally:
         engine.dispose()

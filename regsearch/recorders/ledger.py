@@ -34,7 +34,7 @@ _RESULT_FIELDS = ("value", "reason", "finished", "best_epoch", "train_loss", "va
 class TrialRecord:
     """A trial as the ledger holds it: all MLflow needs to show (or rebuild) the run."""
 
-    study: str
+    study_name: str
     number: int
     state: str
     config: RegConfig
@@ -48,12 +48,12 @@ class TrialRecord:
     members: tuple[float | None, ...] = ()  # each fold's or repeat's objective, if several
 
     @classmethod
-    def from_outcome(cls, study: str, number: int, config: RegConfig,
+    def from_outcome(cls, study_name: str, number: int, config: RegConfig,
                      outcome: TrialOutcome) -> TrialRecord:
         summary = {k: finite(v) if isinstance(v, float) else v
                    for k, v in outcome.summary().items()}
         finished = now()
-        return cls(study=study, number=number, state=outcome.state, config=config,
+        return cls(study_name=study_name, number=number, state=outcome.state, config=config,
                    value=finite(outcome.value), reason=outcome.reason,
                    summary=summary, epochs=tuple(outcome.history),
                    started=finished - timedelta(seconds=outcome.seconds), finished=finished,
@@ -116,7 +116,7 @@ class Ledger:
             pass
 
     @contextmanager
-    def budget_lock(self, study: str) -> Iterator[None]:
+    def budget_lock(self, study_name: str) -> Iterator[None]:
         """Hold the study's lock row (SELECT ... FOR UPDATE) for the block.
 
         Processes sharing a study take it to check the budget and ask for trials, so they
@@ -126,23 +126,23 @@ class Ledger:
             yield
             return
         with Session(self.engine) as session, session.begin():
-            session.execute(sa.select(LockRow.name).where(LockRow.name == study)
+            session.execute(sa.select(LockRow.name).where(LockRow.name == study_name)
                             .with_for_update())
             yield
 
-    def trials_started(self, study: str, started: Sequence[tuple[int, RegConfig]]) -> None:
+    def trials_started(self, study_name: str, started: Sequence[tuple[int, RegConfig]]) -> None:
         """One transaction for a batch of trials starting (a pack's slots fill together)."""
         with Session(self.engine) as session, session.begin():
-            self._start_rows(session, study, started, self._rows(session, study, started))
+            self._start_rows(session, study_name, started, self._rows(session, study_name, started))
 
-    def _start_rows(self, session: Session, study: str,
+    def _start_rows(self, session: Session, study_name: str,
                     started: Sequence[tuple[int, RegConfig]],
                     rows: dict[int, TrialRow]) -> dict[int, TrialRow]:
         study_id = None
         for number, config in started:
             row = rows.get(number)
             if row is None:
-                study_id = study_id or self._study_id(session, study)
+                study_id = study_id or self._study_id(session, study_name)
                 row = rows[number] = TrialRow(study_id=study_id, number=number)
                 session.add(row)
             row.state, row.worker_host, row.started = State.RUNNING, socket.gethostname(), now()
@@ -156,7 +156,7 @@ class Ledger:
             row.members.clear()
         return rows
 
-    def trials_ended(self, study: str,
+    def trials_ended(self, study_name: str,
                      ended: Sequence[tuple[int, RegConfig | None, TrialOutcome]]) -> None:
         """One transaction for a batch of trial rows and all of their epochs.
 
@@ -164,8 +164,8 @@ class Ledger:
         from its config.
         """
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study, ended, epochs=True, lock=True)
-            self._start_rows(session, study, [(number, config) for number, config, _ in ended
+            rows = self._rows(session, study_name, ended, epochs=True, lock=True)
+            self._start_rows(session, study_name, [(number, config) for number, config, _ in ended
                                               if number not in rows and config is not None],
                              rows)
             for number, _, outcome in ended:
@@ -183,42 +183,44 @@ class Ledger:
                 row.members[:] = [MemberRow(member=j, value=finite(v))
                                   for j, v in enumerate(outcome.member_values or [])]
 
-    def fail_running(self, study: str, trials: Mapping[int, RegConfig], reason: str) -> None:
+    def fail_running(self, study_name: str, trials: Mapping[int, RegConfig], reason: str) -> None:
         """Trials a dead process left `running` are failed with the reason, as in Optuna.
 
         A trial with no row (its process lost the database before the start was written)
         gets one, so the ledger still holds every trial Optuna has.
         """
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study, list(trials), lock=True)
-            self._start_rows(session, study, [(n, c) for n, c in trials.items() if n not in rows],
+            rows = self._rows(session, study_name, list(trials), lock=True)
+            self._start_rows(session, study_name,
+                             [(n, c) for n, c in trials.items() if n not in rows],
                              rows)
             for number in trials:
                 if rows[number].state == State.RUNNING:
                     rows[number].state, rows[number].reason = State.FAILED, reason
                     rows[number].finished = now()
 
-    def mend(self, study: str, records: Sequence[TrialRecord]) -> int:
+    def mend(self, study_name: str, records: Sequence[TrialRecord]) -> int:
         """Rewrite the rows that disagree with these finished trials (as Optuna has them)
         in state or value, or are missing; how many. A row's epochs are kept if it has
         any; the mended trials are marked for MLflow to be written again."""
         with Session(self.engine) as session:
             held = {number: (state, value) for number, state, value in session.execute(
                 sa.select(TrialRow.number, TrialRow.state, TrialRow.value).join(StudyRow)
-                .where(StudyRow.name == study))}
+                .where(StudyRow.name == study_name))}
         stale = [r for r in records if held.get(r.number) != (r.state, finite(r.value))]
         if not stale:
             return 0
         mended = 0
         with Session(self.engine) as session, session.begin():
-            rows = self._rows(session, study, [r.number for r in stale], epochs=True, lock=True)
+            rows = self._rows(session, study_name, [r.number for r in stale], epochs=True,
+                              lock=True)
             for record in stale:
                 row = rows.get(record.number)
                 if row is not None and (row.state, row.value) == (record.state,
                                                                   finite(record.value)):
                     continue  # its own process wrote it meanwhile
                 if row is None:
-                    row = self._start_rows(session, study, [(record.number, record.config)],
+                    row = self._start_rows(session, study_name, [(record.number, record.config)],
                                            rows)[record.number]
                     row.worker_host, row.started = "", record.started or now()
                 self._mend_row(row, record)
@@ -242,26 +244,26 @@ class Ledger:
                                       penalty=finite(m.penalty)) for m in record.epochs]
         row.mlflow_synced = False
 
-    def set_mlflow(self, study: str, runs: Mapping[int, str | None], synced: bool) -> None:
+    def set_mlflow(self, study_name: str, runs: Mapping[int, str | None], synced: bool) -> None:
         """{trial number: MLflow run id} in one transaction; None keeps the known id, and a
         trial the ledger does not have is skipped."""
         with Session(self.engine) as session, session.begin():
-            for number, row in self._rows(session, study, list(runs)).items():
+            for number, row in self._rows(session, study_name, list(runs)).items():
                 row.mlflow_run_id = runs[number] or row.mlflow_run_id
                 row.mlflow_synced = synced
 
     # ------------------------------------------------------------------ reading
 
-    def is_synced(self, study: str, number: int) -> bool:
+    def is_synced(self, study_name: str, number: int) -> bool:
         with Session(self.engine) as session:
-            row = self._trial(session, study, number)
+            row = self._trial(session, study_name, number)
             return bool(row is not None and row.mlflow_synced)
 
     def study_names(self) -> list[str]:
         with Session(self.engine) as session:
             return list(session.scalars(sa.select(StudyRow.name).order_by(StudyRow.name)))
 
-    def study(self, name: str) -> dict[str, Any] | None:
+    def study_info(self, name: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             row = session.scalar(sa.select(StudyRow).where(StudyRow.name == name))
             if row is None:
@@ -270,44 +272,45 @@ class Ledger:
                     "data_description": row.data_description, "metric": row.metric,
                     "direction": row.direction}
 
-    def records(self, study: str, *, unsynced_only: bool = False) -> Iterator[TrialRecord]:
+    def records(self, study_name: str, *, unsynced_only: bool = False) -> Iterator[TrialRecord]:
         """Finished or running trials as records, in trial order."""
         with Session(self.engine) as session:
-            query = (sa.select(TrialRow).join(StudyRow).where(StudyRow.name == study)
+            query = (sa.select(TrialRow).join(StudyRow).where(StudyRow.name == study_name)
                      .order_by(TrialRow.number))
             if unsynced_only:
                 query = query.where(TrialRow.mlflow_synced.is_(False))
             for row in session.scalars(query):
-                yield _record(study, row)
+                yield _record(study_name, row)
 
-    def best(self, study: str, direction: str) -> TrialRecord | None:
+    def best(self, study_name: str, direction: str) -> TrialRecord | None:
         """The complete trial that ranks first (`regsearch.objective`)."""
         order = TrialRow.value.desc() if direction == "maximize" else TrialRow.value.asc()
         with Session(self.engine) as session:  # `regsearch.objective`'s rule, in SQL
             row = session.scalar(sa.select(TrialRow).join(StudyRow).where(
-                StudyRow.name == study, TrialRow.state == State.COMPLETE,
+                StudyRow.name == study_name, TrialRow.state == State.COMPLETE,
                 TrialRow.value.is_not(None)).order_by(
                 order, TrialRow.val_loss.is_(None), TrialRow.val_loss.asc(),
                 TrialRow.number).limit(1))
-            return None if row is None else _record(study, row)
+            return None if row is None else _record(study_name, row)
 
-    def unsynced(self, study: str) -> int:
+    def unsynced(self, study_name: str) -> int:
         """How many finished trials MLflow may lack (not written since they ended)."""
         with Session(self.engine) as session:
             return session.scalar(sa.select(sa.func.count()).select_from(TrialRow).join(
-                StudyRow).where(StudyRow.name == study, TrialRow.state != State.RUNNING,
+                StudyRow).where(StudyRow.name == study_name, TrialRow.state != State.RUNNING,
                                 TrialRow.mlflow_synced.is_(False))) or 0
 
-    def numbers(self, study: str, state: str) -> set[int]:
+    def numbers(self, study_name: str, state: str) -> set[int]:
         """The numbers of the study's trials in `state` ("failed", "running", ...)."""
         with Session(self.engine) as session:
             return set(session.scalars(sa.select(TrialRow.number).join(StudyRow)
-                                       .where(StudyRow.name == study, TrialRow.state == state)))
+                                       .where(StudyRow.name == study_name,
+                                              TrialRow.state == state)))
 
     def _study_id(self, session: Session, name: str) -> int | None:
         return session.scalar(sa.select(StudyRow.id).where(StudyRow.name == name))
 
-    def _rows(self, session: Session, study: str, trials: Sequence[Any], *,
+    def _rows(self, session: Session, study_name: str, trials: Sequence[Any], *,
               epochs: bool = False, lock: bool = False) -> dict[int, TrialRow]:
         """The rows of these trials ({number: row}); each item is a number or starts with one.
 
@@ -317,7 +320,7 @@ class Ledger:
         once locked: a process mending the ledger and the trial's own process take turns."""
         numbers = [t if isinstance(t, int) else t[0] for t in trials]
         query = (sa.select(TrialRow).join(StudyRow)
-                 .where(StudyRow.name == study, TrialRow.number.in_(numbers)))
+                 .where(StudyRow.name == study_name, TrialRow.number.in_(numbers)))
         if lock and self.engine.dialect.name != "sqlite":
             ids = sorted(session.scalars(query.with_only_columns(TrialRow.id)))
             query = (sa.select(TrialRow).where(TrialRow.id.in_(ids)).order_by(TrialRow.id)
@@ -327,17 +330,17 @@ class Ledger:
                                   selectinload(TrialRow.members))
         return {row.number: row for row in session.scalars(query)}
 
-    def _trial(self, session: Session, study: str, number: int) -> TrialRow | None:
+    def _trial(self, session: Session, study_name: str, number: int) -> TrialRow | None:
         return session.scalar(sa.select(TrialRow).join(StudyRow)
-                              .where(StudyRow.name == study, TrialRow.number == number))
+                              .where(StudyRow.name == study_name, TrialRow.number == number))
 
 
-def _record(study: str, row: TrialRow) -> TrialRecord:
+def _record(study_name: str, row: TrialRow) -> TrialRecord:
     epochs = tuple(EpochMetrics(epoch=e.epoch, train_loss=_nan(e.train_loss),
                                 val_loss=_nan(e.val_loss), val_metric=_nan(e.val_metric),
                                 penalty=_nan(e.penalty)) for e in row.epochs)
     summary = {key: getattr(row, key) for key in SUMMARY_FIELDS}
-    return TrialRecord(study=study, number=row.number, state=row.state, config=row.config,
+    return TrialRecord(study_name=study_name, number=row.number, state=row.state, config=row.config,
                        value=row.value, reason=row.reason, summary=summary, epochs=epochs,
                        mlflow_run_id=row.mlflow_run_id, started=_utc(row.started),
                        finished=_utc(row.finished),

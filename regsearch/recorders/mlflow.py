@@ -87,50 +87,50 @@ class MlflowWriter(ConfirmationWrites):
         """Batched writes, if the store takes them (first asked when a batch is written)."""
         return BatchWriter.for_client(self.client)
 
-    def experiment(self, study: str, uid: str | None = None) -> str:
+    def experiment(self, study_name: str, uid: str | None = None) -> str:
         """The study's experiment, made if missing; one that holds another study of the
         same name is refused (`mlflow_identity`), one made before study ids adopted."""
-        found = self.client.get_experiment_by_name(study)
+        found = self.client.get_experiment_by_name(study_name)
         if found is None:
-            return self.client.create_experiment(study, artifact_location=_subdir(
-                artifact_root(self.tracking_uri), study), tags={UID_TAG: uid} if uid else None)
+            return self.client.create_experiment(study_name, artifact_location=_subdir(
+                artifact_root(self.tracking_uri), study_name), tags={UID_TAG: uid} if uid else None)
         if uid:
-            check_owner(self.tracking_uri, study, uid, found.tags)
+            check_owner(self.tracking_uri, study_name, uid, found.tags)
             if found.tags.get(UID_TAG) is None:
                 self.client.set_experiment_tag(found.experiment_id, UID_TAG, uid)
         return found.experiment_id
 
-    def parent_run(self, experiment_id: str, study: dict[str, Any], storage_url: str) -> str:
+    def parent_run(self, experiment_id: str, info: dict[str, Any], storage_url: str) -> str:
         """The study's parent run, found by tag or created with the spec as params/artifact."""
         found = self._find(experiment_id, f"tags.`{ROLE}` = 'parent'")
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(experiment_id, run_name=study["name"],
-                                     tags={ROLE: "parent", STUDY: study["name"],
-                                           "regsearch.spec_hash": study["spec_hash"]})
-        params = {**flatten(study["spec"]), "metric": study["metric"],
-                  "direction": study["direction"], "storage": mask_url(storage_url)}
+        run = self.client.create_run(experiment_id, run_name=info["name"],
+                                     tags={ROLE: "parent", STUDY: info["name"],
+                                           "regsearch.spec_hash": info["spec_hash"]})
+        params = {**flatten(info["spec"]), "metric": info["metric"],
+                  "direction": info["direction"], "storage": mask_url(storage_url)}
         self._log(run.info.run_id, params=params)
-        self.client.log_text(run.info.run_id, yaml.safe_dump(study["spec"], sort_keys=False),
+        self.client.log_text(run.info.run_id, yaml.safe_dump(info["spec"], sort_keys=False),
                              "spec.yaml")
         return run.info.run_id
 
-    def start_trial(self, experiment_id: str, parent_id: str, study: str, number: int,
+    def start_trial(self, experiment_id: str, parent_id: str, study_name: str, number: int,
                     config: RegConfig, started: datetime | None = None,
                     tags: dict[str, str] | None = None) -> str:
-        return self.start_trials(experiment_id, parent_id, study, [(number, config)], started,
+        return self.start_trials(experiment_id, parent_id, study_name, [(number, config)], started,
                                  tags)[0]
 
-    def start_trials(self, experiment_id: str, parent_id: str, study: str,
+    def start_trials(self, experiment_id: str, parent_id: str, study_name: str,
                      trials: list[tuple[int, RegConfig]], started: datetime | None = None,
                      tags: dict[str, str] | None = None) -> list[str]:
         """A RUNNING child run per trial, with its config as params; the run ids, in order.
 
         `started` is when the trials began, not when this (possibly late) write happens."""
         runs = [NewRun(f"trial-{number:04d}", epoch_ms(started), tags={
-            "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study, TRIAL: str(number),
+            "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study_name, TRIAL: str(number),
             STATE: "running", **(tags or {})}, params={
             k: str(v) for k, v in config.as_dict().items()}) for number, config in trials]
         return self._batched(lambda batch: batch.start_runs(experiment_id, runs),
@@ -226,7 +226,7 @@ class MlflowWriter(ConfirmationWrites):
             return complete[0].info.run_id, False
         for partial in existing:
             self.client.delete_run(partial.info.run_id)
-        run_id = self.start_trial(experiment_id, parent_id, record.study, record.number,
+        run_id = self.start_trial(experiment_id, parent_id, record.study_name, record.number,
                                   record.config, record.started)
         self.finish_trial(run_id, record, metric)
         return run_id, True
@@ -372,15 +372,15 @@ def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | Non
 
     require_existing(storage_url)
     ledger = Ledger(storage_url)
-    study = ledger.study(name)
-    if study is None:
+    info = ledger.study_info(name)
+    if info is None:
         there = ", ".join(ledger.study_names()) or "none"
         raise RegsearchError(f"no study named {name!r} in the ledger at "
                              f"{mask_url(storage_url)} (studies there: {there})")
     try:
         writer = MlflowWriter(tracking_uri)
         experiment_id = writer.experiment(name, uid)
-        parent_id = writer.parent_run(experiment_id, study, storage_url)
+        parent_id = writer.parent_run(experiment_id, info, storage_url)
     except RegsearchError:
         raise
     except Exception as exc:  # noqa: BLE001 - any fault of the server ends sync with one line
@@ -392,15 +392,15 @@ def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | Non
             continue
         try:
             run_id, created = writer.write_trial(experiment_id, parent_id, record,
-                                                 study["metric"])
+                                                 info["metric"])
         except Exception as exc:  # noqa: BLE001 - as above, with the count written so far
             raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} failed while writing "
                                  f"trial {record.number} ({problem_line(exc)}); {written} runs "
                                  "were written; run sync again") from None
         ledger.set_mlflow(name, {record.number: run_id}, synced=True)
         written, kept = written + created, kept + (not created)
-    best = ledger.best(name, study["direction"])
+    best = ledger.best(name, info["direction"])
     if best is not None:
-        writer.set_best(parent_id, best, study["metric"], study["direction"], settle=True)
+        writer.set_best(parent_id, best, info["metric"], info["direction"], settle=True)
     writer.end_parent(experiment_id, parent_id)
     return written, kept

@@ -65,7 +65,7 @@ class MlflowRecorder(Listener):
         self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="regsearch-mlflow", daemon=True)
         self.thread.start()
-        self.study = self.metric = self.direction = ""
+        self.study_name = self.metric = self.direction = ""
         self.experiment_id = self.parent_id = ""
         self.optuna_study: Any = None
         self.run_ids: dict[int, str] = {}
@@ -74,9 +74,9 @@ class MlflowRecorder(Listener):
     # ---------------------------------------------------------------- listener
 
     def study_opened(self, run: Any) -> None:
-        info = self.ledger.study(run.spec.name)
+        info = self.ledger.study_info(run.spec.name)
         assert info is not None, "the driver records a study before it is opened"
-        self.study, self.metric = info["name"], info["metric"]
+        self.study_name, self.metric = info["name"], info["metric"]
         self.direction = info["direction"]
         self.optuna_study = run.study
         storage, uid = run.storage_url, run.uid
@@ -85,10 +85,10 @@ class MlflowRecorder(Listener):
         self.best = None if best is None else (best.value, best.summary.get("val_loss"))
 
         def open_study() -> None:
-            self.experiment_id = self.writer.experiment(self.study, uid)
+            self.experiment_id = self.writer.experiment(self.study_name, uid)
             self.parent_id = self.writer.parent_run(self.experiment_id, info, storage)
             # Read when the writer gets here (it may be seconds later), not when queued.
-            failed = self._from_ledger(lambda: self.ledger.numbers(self.study, State.FAILED))
+            failed = self._from_ledger(lambda: self.ledger.numbers(self.study_name, State.FAILED))
             self.writer.close_stale(self.experiment_id, failed or set())
         self._submit(open_study)
 
@@ -98,11 +98,11 @@ class MlflowRecorder(Listener):
 
     def _start(self, started: list[tuple[int, RegConfig]], moment: datetime) -> None:
         """A run per trial, in one write; the ledger learns their ids in one transaction."""
-        ids = self.writer.start_trials(self.experiment_id, self.parent_id, self.study, started,
+        ids = self.writer.start_trials(self.experiment_id, self.parent_id, self.study_name, started,
                                        moment, worker_tags())
         runs = {number: run_id for (number, _), run_id in zip(started, ids)}
         self.run_ids.update(runs)
-        self._from_ledger(lambda: self.ledger.set_mlflow(self.study, runs, synced=False))
+        self._from_ledger(lambda: self.ledger.set_mlflow(self.study_name, runs, synced=False))
 
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> None:
         """Every `epochs_every` seconds the running trials' new epochs go out together, so
@@ -124,7 +124,7 @@ class MlflowRecorder(Listener):
         records = []
         for number, config, outcome in ended:
             self.unsent.pop(number, None)  # the record holds every epoch
-            records.append((TrialRecord.from_outcome(self.study, number, config, outcome),
+            records.append((TrialRecord.from_outcome(self.study_name, number, config, outcome),
                             self.sent.pop(number, 0)))
         self._submit(lambda: self._finish(records))
 
@@ -136,12 +136,12 @@ class MlflowRecorder(Listener):
         for record, sent in records:
             if record.number not in self.run_ids:  # its start was never written: a whole run
                 self.run_ids[record.number], sent = self.writer.start_trial(
-                    self.experiment_id, self.parent_id, self.study, record.number,
+                    self.experiment_id, self.parent_id, self.study_name, record.number,
                     record.config, record.started, worker_tags()), 0
             ends.append((self.run_ids[record.number], replace(record, epochs=record.epochs[sent:])))
         self.writer.finish_trials(ends, self.metric)
         synced = {record.number: self.run_ids.pop(record.number) for record, _ in records}
-        self._from_ledger(lambda: self.ledger.set_mlflow(self.study, synced, synced=True))
+        self._from_ledger(lambda: self.ledger.set_mlflow(self.study_name, synced, synced=True))
         best = None
         for record, _ in records:
             if record.value is not None and record.state == State.COMPLETE and self._better(record):
@@ -152,7 +152,7 @@ class MlflowRecorder(Listener):
     def confirmations_ended(self, batch: list[tuple[Any, Any]]) -> None:
         """Confirmation runs that ended ((planned run, outcome)): a finished MLflow run each,
         nested under the parent; the ledger learns their ids."""
-        items = [(run, TrialRecord.from_outcome(self.study, -1 if run.trial is None else
+        items = [(run, TrialRecord.from_outcome(self.study_name, -1 if run.trial is None else
                                                 run.trial, run.config, outcome))
                  for run, outcome in batch]
 
@@ -160,9 +160,9 @@ class MlflowRecorder(Listener):
             from regsearch.recorders.confirmations import Confirmations
 
             ids = self.writer.write_confirmations(self.experiment_id, self.parent_id,
-                                                  self.study, items, self.metric)
+                                                  self.study_name, items, self.metric)
             runs = {(run.key, run.seed_index): run_id for (run, _), run_id in zip(items, ids)}
-            self._from_ledger(lambda: Confirmations(self.ledger).set_mlflow(self.study, runs))
+            self._from_ledger(lambda: Confirmations(self.ledger).set_mlflow(self.study_name, runs))
         self._submit(write)
 
     def confirmed(self, winner: dict[str, Any], verdict: str) -> None:
@@ -206,7 +206,7 @@ class MlflowRecorder(Listener):
         if not top:
             return None
         trial = top[0]
-        return TrialRecord(self.study, trial.number, State.COMPLETE, from_params(trial.params),
+        return TrialRecord(self.study_name, trial.number, State.COMPLETE, from_params(trial.params),
                            value=trial.value,
                            summary={"val_loss": trial.user_attrs.get("val_loss")})
 
@@ -246,4 +246,4 @@ class MlflowRecorder(Listener):
     def _warn(self, problem: str) -> None:
         print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} failed ({problem}); "
               f"training continues and the ledger keeps every trial; run `regsearch sync "
-              f"{self.study}` once MLflow is back", file=self.stream, flush=True)
+              f"{self.study_name}` once MLflow is back", file=self.stream, flush=True)
