@@ -480,5 +480,5 @@ def test_the_extra_the_gp_error_names_exists() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extras = project["project"]["optional-dependencies"]
     assert any(dep.startswith("torch") for dep in extras["gp"])
-    driver_text = (Path(__file__).parents[1] / "regsearch" / "driver.py").read_text()
-    assert "pip install 'regsearch[gp]'" in driver_text
+    samplers_text = (Path(__file__).parents[1] / "regsearch" / "samplers.py").read_text()
+    assert "pip install 'regsearch[gp]'" in samplers_text

@@ -586,7 +586,7 @@ def test_real_studies_ledger_matches_optuna_trial_for_trial(db_url, make_spec,
                                                            monkeypatch) -> None:
     from regsearch.trainers import make_trainer
 
-    monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
+    monkeypatch.setattr(opening, "make_pruner", lambda spec: _PruneTrialOne())
     digits, diverging = _complete_pruned_and_failed(make_spec, db_url)
     runs: list[opening.StudyRun] = []
     rdb = None
@@ -681,7 +681,7 @@ def test_a_broken_ledger_is_mended_from_optuna_when_the_study_is_opened(db_url, 
     rewritten from Optuna when the study is next opened; the rest is not touched."""
     from regsearch.trainers import make_trainer
 
-    monkeypatch.setattr(driver, "_make_pruner", lambda spec: _PruneTrialOne())
+    monkeypatch.setattr(opening, "make_pruner", lambda spec: _PruneTrialOne())
     digits, diverging = _complete_pruned_and_failed(make_spec, db_url)
     runs: list[opening.StudyRun] = []
     try:
