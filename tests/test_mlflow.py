@@ -936,7 +936,7 @@ def test_the_training_process_never_imports_mlflow(make_spec, tmp_path: Path) ->
     script = (
         "import sys\n"
         "from regsearch import driver, opening\n"
-        "from regsearch.spec import load_spec\n"
+        "from regsearch.study_file import load_spec\n"
         "from regsearch.trainers import make_trainer\n"
         f"run = opening.open_run(load_spec({str(spec_path)!r}))\n"
         "driver.run_study(run, make_trainer(run))\n"
@@ -1027,6 +1027,32 @@ def test_a_store_the_writer_process_cannot_open_fails_its_first_request(
         assert SECRET not in problem and "\n" not in problem
     finally:
         writer.close()
+
+
+def test_the_writer_process_ends_quietly_when_its_parent_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker SIGKILLed while its writer answers: the reply's pipe is broken, and the
+    writer ends without a traceback on the launcher's stderr (nor hangs on a cut request)."""
+    import io
+    import pickle
+
+    from regsearch.recorders import mlflow_process
+
+    class Answers:
+        def ping(self) -> int:
+            return 1
+
+    monkeypatch.setattr(mlflow_process, "_opened", lambda _uri: Answers())
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the parent is dead: nobody reads the replies
+    replies = os.fdopen(write_end, "wb")
+    requests = io.BytesIO(pickle.dumps(("ping", (), {})) * 2)
+    mlflow_process.serve("sqlite:///unused.db", requests, replies)  # returns, no raise
+    assert requests.tell() < len(requests.getvalue())  # it stopped at the broken reply
+    cut = io.BytesIO(pickle.dumps(("ping", (), {}))[:-3])
+    mlflow_process.serve("sqlite:///unused.db", cut, replies)  # a request cut short: ends
+    with pytest.raises(BrokenPipeError):  # what `main` guards: the unread reply stays
+        replies.close()
 
 
 class WatchesEpochTwo:

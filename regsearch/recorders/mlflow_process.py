@@ -107,7 +107,7 @@ def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     while True:
         try:
             method, args, kwargs = pickle.load(requests)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError):  # closed, or cut off by the parent's death
             return
         if method == "finish_trials":  # the worker and its writer die with runs unended
             faults.point("mlflow", with_parent=True)
@@ -117,8 +117,11 @@ def serve(tracking_uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             reply = (True, getattr(writer, method)(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
             reply = (False, problem_line(exc))
-        pickle.dump(reply, replies)
-        replies.flush()
+        try:
+            pickle.dump(reply, replies)
+            replies.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the parent is gone (killed): nobody is left to answer
 
 
 def _new_writer(tracking_uri: str) -> Any:
@@ -153,7 +156,10 @@ def main() -> None:
     serve(sys.argv[1], sys.stdin.buffer, replies)
     # Every request was answered after its write, so nothing is left to flush; MLflow's
     # exit handlers and the interpreter's teardown would only hold up the parent's close.
-    replies.close()
+    try:
+        replies.close()
+    except OSError:
+        pass  # the parent died with a reply unread
     os._exit(0)
 
 
