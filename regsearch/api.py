@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regsearch import opening
 from regsearch.errors import SpecError
 from regsearch.space import RegConfig
 from regsearch.spec import DEFAULT_STORAGE, StudySpec
@@ -72,7 +71,7 @@ def search(study: StudyInput, *, trials: int | None = None, timeout: float | Non
     `timeout`, `storage` and `mlflow` override the study's and are checked as its fields
     are (a `SpecError` names the argument and the rule).
     """
-    from regsearch import driver, report
+    from regsearch import driver, opening, report
     from regsearch.trainers import make_trainer
 
     spec = _spec(study)
@@ -80,7 +79,7 @@ def search(study: StudyInput, *, trials: int | None = None, timeout: float | Non
         ("trials", "search.n_trials", trials), ("timeout", "search.timeout", timeout),
         ("storage", "storage", storage), ("mlflow", "mlflow.tracking_uri", mlflow))}
     run = opening.open_run(spec, n_trials=checked["trials"], timeout=checked["timeout"],
-                          storage=checked["storage"], mlflow=checked["mlflow"])
+                           storage=checked["storage"], mlflow=checked["mlflow"])
     try:
         driver.run_study(run, make_trainer(run))
         summary = report.study_summary(run.study, run.storage_url)

@@ -109,7 +109,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from regsearch.trainers import make_trainer
 
     run = opening.open_run(spec, n_trials=args.trials, timeout=args.timeout, join=True,
-                          **_where(args))
+                           **_where(args))
     progress = Progress()
     try:
         recycle = driver.run_study(run, make_trainer(run), [progress],
@@ -219,16 +219,26 @@ def _field(path: str) -> Callable[[str], Any]:
     return convert
 
 
-def _version() -> str:
-    from regsearch import __version__
+class _Version(argparse.Action):
+    """`--version`, reading the installed metadata only when asked (every other call of
+    the CLI builds this parser too)."""
 
-    return __version__
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from regsearch import __version__
+
+        print(f"regsearch {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="regsearch", description="Search Keras regularization with Optuna.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("--version", action="version", version=f"regsearch {_version()}")
+    parser.add_argument("--version", action=_Version, help="show the installed version")
     # Accepted after the subcommand too; SUPPRESS keeps it from resetting one given before.
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

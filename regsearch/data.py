@@ -8,6 +8,7 @@ always before a study is created. Keras and TensorFlow are never imported here: 
 """
 
 from __future__ import annotations
+
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,10 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from regsearch.data_sources import Table, error, first_text, first_value, read_table
 from regsearch.folds import Fold, View, fold_view, make_folds, standardization
 from regsearch.spec import TASKS, DataSpec
-from regsearch.data_sources import (Table, error, first_text,
-                                    first_value, read_table)
 
 MAX_CLASSES_INFERRED = 50
 MIN_SPLIT_ROWS = 30  # fewer rows in a split than this: warn that its scores are mostly noise
@@ -90,7 +90,6 @@ def load_dataset(spec: DataSpec, *, seed: int, task: str | None = None) -> Datas
     return _prepare(read_table(spec, seed), spec, seed, task)
 
 
-
 # --------------------------------------------------------------------------- common path
 
 def _prepare(table: Table, spec: DataSpec, seed: int, task: str | None) -> Dataset:
@@ -111,7 +110,7 @@ def _checked_features(table: Table) -> np.ndarray:
         raise error(table.origin, "has no data rows", "add rows to the file")
     if frame.shape[1] == 0:
         raise error(table.origin, f"has no feature columns besides the target "
-                     f"{table.target_name!r}", "add at least one feature column")
+                    f"{table.target_name!r}", "add at least one feature column")
     _check_numeric(frame, table.origin)
     x = frame.to_numpy(dtype=np.float64, na_value=np.nan)
     _check_finite(x, list(frame.columns), table.origin)
@@ -126,7 +125,7 @@ def _check_numeric(frame: pd.DataFrame, origin: str) -> None:
     shown = ", ".join(f"{c!r} (e.g. {first_text(frame[c])!r})" for c in bad[:5])
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     raise error(origin, f"non-numeric feature columns: {shown}{more}",
-                 "one-hot or ordinal encode them, or drop them, before loading")
+                "one-hot or ordinal encode them, or drop them, before loading")
 
 
 def _check_finite(x: np.ndarray, names: list[str], origin: str) -> None:
@@ -136,8 +135,8 @@ def _check_finite(x: np.ndarray, names: list[str], origin: str) -> None:
     if count:
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise error(origin, f"{count} missing or infinite feature values, first at data "
-                     f"row {row} (0-based), column {names[col]!r}",
-                     "fill or drop them (e.g. DataFrame.dropna()) before loading")
+                    f"row {row} (0-based), column {names[col]!r}",
+                    "fill or drop them (e.g. DataFrame.dropna()) before loading")
 
 
 def _checked_target(table: Table, n_rows: int) -> tuple[np.ndarray, bool]:
@@ -145,8 +144,8 @@ def _checked_target(table: Table, n_rows: int) -> tuple[np.ndarray, bool]:
     series = pd.Series(table.target)
     if len(series) != n_rows:
         raise error(table.origin, f"features have {n_rows} rows but target "
-                     f"{table.target_name!r} has {len(series)} labels",
-                     "store exactly one label per feature row")
+                    f"{table.target_name!r} has {len(series)} labels",
+                    "store exactly one label per feature row")
     numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
     if numeric:
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -156,8 +155,8 @@ def _checked_target(table: Table, n_rows: int) -> tuple[np.ndarray, bool]:
         missing = pd.isna(values)
     if missing.any():
         raise error(table.origin, f"target {table.target_name!r} has {int(missing.sum())} "
-                     f"missing or infinite values, first at data row "
-                     f"{int(np.argmax(missing))} (0-based)", "drop or fill those rows")
+                    f"missing or infinite values, first at data row "
+                    f"{int(np.argmax(missing))} (0-based)", "drop or fill those rows")
     return values, numeric
 
 
@@ -168,8 +167,8 @@ def _resolve_task(values: np.ndarray, numeric: bool, task: str | None, table: Ta
     distinct = len(_unique_labels(values, numeric))
     if distinct < 2:
         raise error(table.origin, f"target {table.target_name!r} has a single value "
-                     f"({first_value(pd.Series(values))!r}), nothing to learn",
-                     "use a target column with at least two classes or values")
+                    f"({first_value(pd.Series(values))!r}), nothing to learn",
+                    "use a target column with at least two classes or values")
     task = task or _infer_task(values, numeric, distinct)
     _check_task_fits(values, numeric, task, distinct, table)
     return task
@@ -188,14 +187,14 @@ def _check_task_fits(values: np.ndarray, numeric: bool, task: str, distinct: int
     name, origin = table.target_name, table.origin
     if task == "regression" and not numeric:
         raise error(origin, f"task regression needs a numeric target, but {name!r} holds "
-                     f"labels such as {first_value(pd.Series(values))!r}",
-                     "use task binary or multiclass, or a numeric target")
+                    f"labels such as {first_value(pd.Series(values))!r}",
+                    "use task binary or multiclass, or a numeric target")
     if task != "regression" and numeric and not _integer_valued(values):
         raise error(origin, f"task {task} needs class labels, but target {name!r} has "
-                     "non-integer values", "use task regression, or encode the classes")
+                    "non-integer values", "use task regression, or encode the classes")
     if task == "binary" and distinct != 2:
         raise error(origin, f"task binary needs exactly 2 classes, but target {name!r} "
-                     f"has {distinct}", "use task multiclass, or leave the task out")
+                    f"has {distinct}", "use task multiclass, or leave the task out")
 
 
 def _unique_labels(values: np.ndarray, numeric: bool,
@@ -228,9 +227,9 @@ def _split_sizes(n: int, spec: DataSpec, origin: str) -> tuple[int, int, int]:
     n_train = n - n_val - n_test
     if n_train < 2:
         raise error(origin, f"only {n} rows: validation_fraction={spec.validation_fraction:g}"
-                     f" and test_fraction={spec.test_fraction:g} leave {max(n_train, 0)} "
-                     "training rows (at least 2 are needed, and 1 for validation)",
-                     "add rows or lower the fractions")
+                    f" and test_fraction={spec.test_fraction:g} leave {max(n_train, 0)} "
+                    "training rows (at least 2 are needed, and 1 for validation)",
+                    "add rows or lower the fractions")
     small = [n for n in (n_train, n_val, n_test or MIN_SPLIT_ROWS) if n < MIN_SPLIT_ROWS]
     if small:
         log.warning("%s: small splits (train %d / validation %d / test %d rows): one "
@@ -315,4 +314,3 @@ def _describe(spec: DataSpec, shape: tuple[int, ...], task: str, n_classes: int,
     repeats = f", {spec.repeats} repeats a trial" if spec.repeats else ""
     return (f"{spec.describe()}, {shape[0]} rows x {shape[1]} features, {kind}; "
             f"{split} / test {sizes[2]}{repeats}")
-

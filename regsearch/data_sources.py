@@ -50,7 +50,7 @@ def _builtin_table(name: str) -> Table:
     """One of scikit-learn's bundled data sets (shipped with the package, so offline)."""
     if name not in _BUILTIN_TASKS:
         raise error(f"builtin:{name}", "unknown built-in data set",
-                     f"use one of: {', '.join(BUILTIN_DATASETS)}")
+                    f"use one of: {', '.join(BUILTIN_DATASETS)}")
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{name}")()
@@ -58,7 +58,7 @@ def _builtin_table(name: str) -> Table:
     columns = names if len(names) == bunch.data.shape[1] else None
     frame = pd.DataFrame(bunch.data, columns=columns or default_names(bunch.data.shape[1]))
     return Table(frame, np.asarray(bunch.target), f"builtin:{name}", "target",
-                  _BUILTIN_TASKS[name])
+                 _BUILTIN_TASKS[name])
 
 
 def _synthetic_table(s: SyntheticSpec, seed: int) -> Table:
@@ -91,8 +91,8 @@ def _classification_shape(s: SyntheticSpec, informative: int) -> tuple[int, int]
     needed = max(1, math.ceil(math.log2(s.classes)))
     if needed > s.features:
         raise error(f"synthetic:{s.task}", f"{s.classes} classes need at least {needed} "
-                     f"features to be separable, got features={s.features}",
-                     f"set synthetic.features >= {needed} or lower synthetic.classes")
+                    f"features to be separable, got features={s.features}",
+                    f"set synthetic.features >= {needed} or lower synthetic.classes")
     informative = max(informative, needed)
     clusters = 2 if s.classes * 2 <= 2 ** informative else 1
     return informative, clusters
@@ -103,14 +103,14 @@ def _file_table(path: Path, target: str | None) -> Table:
     suffix = path.suffix.lower()
     if not path.exists():
         raise error(path, "no such data file",
-                     "check data.file (a relative path is resolved against the study file)")
+                    "check data.file (a relative path is resolved against the study file)")
     if path.is_dir():
         raise error(path, "is a directory, not a data file", "point data.file at a file")
     if path.stat().st_size == 0:
         raise error(path, "the file is empty", "write the data to it, or fix data.file")
     if suffix not in FILE_TYPES:
         raise error(path, f"unsupported file type {suffix or '(no extension)'!r}",
-                     f"supported types are {', '.join(FILE_TYPES)}; convert the file")
+                    f"supported types are {', '.join(FILE_TYPES)}; convert the file")
     if suffix == ".npz":
         return _npz_table(path, target or "y")
     reader: Callable[[Path], pd.DataFrame] = pd.read_csv if suffix == ".csv" else pd.read_parquet
@@ -132,16 +132,16 @@ def _frame_table(frame: pd.DataFrame, path: Path, target: str | None) -> Table:
     columns = [str(c) for c in frame.columns]
     if target is None:
         raise error(path, "no target column given", f"set data.target to one of: "
-                     f"{preview(columns)}")
+                    f"{preview(columns)}")
     if target not in columns:
         separator = _other_separator(columns)
         if separator:
             raise error(path, f"target column {target!r} not found; the file has one column, "
-                         f"{columns[0]!r}, so its values look separated by {separator!r}, not "
-                         "commas", "save it comma-separated, e.g. pandas.read_csv(path, "
-                         f"sep={separator!r}).to_csv(path, index=False)")
+                        f"{columns[0]!r}, so its values look separated by {separator!r}, not "
+                        "commas", "save it comma-separated, e.g. pandas.read_csv(path, "
+                        f"sep={separator!r}).to_csv(path, index=False)")
         raise error(path, f"target column {target!r} not found",
-                     f"set data.target to one of the columns: {preview(columns)}")
+                    f"set data.target to one of the columns: {preview(columns)}")
     where = columns.index(target)
     features = frame.drop(columns=frame.columns[where])
     features.columns = [str(c) for c in features.columns]
@@ -162,16 +162,16 @@ def _npz_table(path: Path, target: str) -> Table:
     if key is None or target not in arrays:
         wanted = "feature array 'x'" if key is None else f"target array {target!r}"
         raise error(path, f"no {wanted} in the archive (arrays: {preview(list(arrays))})",
-                     "save it with numpy.savez(path, x=features, y=labels) or set data.target")
+                    "save it with numpy.savez(path, x=features, y=labels) or set data.target")
     x, y = arrays[key], arrays[target]
     if x.ndim != 2:
         raise error(path, f"array {key!r} must be 2-D (rows x features), got shape {x.shape}",
-                     "reshape it, e.g. x.reshape(len(x), -1)")
+                    "reshape it, e.g. x.reshape(len(x), -1)")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise error(path, f"target array {target!r} must be 1-D, got shape {y.shape}",
-                     "store class indices or values, one per row (not one-hot)")
+                    "store class indices or values, one per row (not one-hot)")
     return Table(pd.DataFrame(x, columns=default_names(x.shape[1])), y, str(path), target)
 
 
@@ -198,8 +198,8 @@ def unreadable(path: Path, exc: BaseException) -> DataError:
     """A reader's failure, shortened; the path is already at the start of the message."""
     detail = one_line(str(exc).replace(str(path), "the file"))[:200]
     return error(path, f"cannot be read as a {path.suffix.lower()} file "
-                  f"({type(exc).__name__}: {detail})",
-                  "check that the file is complete and really is in that format")
+                 f"({type(exc).__name__}: {detail})",
+                 "check that the file is complete and really is in that format")
 
 
 def one_line(text: str) -> str:

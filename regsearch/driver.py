@@ -20,18 +20,15 @@ from optuna.trial import TrialState
 
 from regsearch import faults, interrupts, space
 from regsearch.errors import StorageError
+from regsearch.liveness import UNCOUNTED, Heartbeat, fail_abandoned, reap_dead, requeue
+from regsearch.opening import StudyRun, close_recorders, trial_seed, without_optuna_notices
 from regsearch.optuna_compat import storage_of, trial_id_of
-from regsearch.liveness import (UNCOUNTED, Heartbeat,
-                                fail_abandoned, reap_dead, requeue)
-from regsearch.space import RegConfig
 from regsearch.protocols import Listener, PackTrainer, Trainer
-from regsearch.storage import (DATABASE_ERRORS, first_line, hold_sqlite,
-                               mask_url)
+from regsearch.space import RegConfig
 from regsearch.states import OPTUNA_STATE, KillReason, State
+from regsearch.storage import DATABASE_ERRORS, first_line, hold_sqlite, mask_url
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
 
-from regsearch.opening import (StudyRun, close_recorders, trial_seed,
-                               without_optuna_notices)
 
 @without_optuna_notices()
 def prepare(run: StudyRun) -> None:
@@ -55,7 +52,6 @@ def confirm_only(run: StudyRun, trainer: Trainer) -> bool:
                 return confirm_study(run, trainer, _say)
         finally:
             close_recorders(run)
-
 
 
 @without_optuna_notices()

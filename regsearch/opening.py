@@ -21,18 +21,17 @@ from optuna.trial import FrozenTrial, TrialState
 from regsearch import space
 from regsearch.data import Dataset, load_dataset
 from regsearch.errors import StorageError, StudyMismatchError
+from regsearch.liveness import count_done
 from regsearch.optuna_compat import storage_of, study_id_of
-from regsearch.liveness import (count_done)
-from regsearch.spec import Objective, StudySpec, resolve_objective
 from regsearch.protocols import Listener
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
-from regsearch.storage import (check_storage_url, check_tracking_uri,
-                               expand_home, has_study_tables, is_sqlite, mask_url,
-                               open_storage, same_database, sqlite_file)
-from regsearch.study_io import PackStorage
-
 from regsearch.samplers import make_pruner, make_sampler, sampler_seed
+from regsearch.spec import Objective, StudySpec, resolve_objective
+from regsearch.storage import (check_storage_url, check_tracking_uri, expand_home,
+                               has_study_tables, is_sqlite, mask_url, open_storage,
+                               same_database, sqlite_file)
+from regsearch.study_io import PackStorage
 
 if TYPE_CHECKING:
     from regsearch.recorders.mlflow_process import WriterProcess
@@ -103,11 +102,9 @@ class StudyRun:
         return PackStorage(self.study)
 
 
-
 def trial_seed(study_seed: int, number: int) -> int:
     """A per-trial seed for weights, shuffling and dropout, fixed by the study seed."""
     return (study_seed * 1_000_003 + number) % (2**31 - 1)
-
 
 
 @without_optuna_notices()
@@ -223,8 +220,9 @@ def mend_ledger(run: StudyRun) -> int:
     return run.ledger.mend(run.spec.name, optuna_records(run.spec.name, trials))
 
 
-
 def close_recorders(run: StudyRun) -> None:
+    """Each recorder's `close`, once however many of `run_study`, `confirm_only` and
+    `close_run` end the run."""
     if not run.recorders_closed:
         run.recorders_closed = True
         for recorder in run.recorders:
@@ -240,7 +238,6 @@ def close_run(run: StudyRun) -> None:
         run.storage.engine.dispose()
 
 
-
 def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.BaseStorage,
                 uid: str, task: str, *, shared: bool = False) -> optuna.Study:
     """Create the study, or load the one `_existing_study` checked (same spec). A new one
@@ -252,13 +249,10 @@ def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.
     if previous is not None:
         _check_same_spec(spec, previous.user_attrs)  # made meanwhile by another process
     n_before = previous.n_trials if previous is not None else 0
-    # Re-seeding by history length keeps a resumed study reproducible without replaying
-    # the first run's random start-up trials.
+    sampler = make_sampler(spec, sampler_seed(spec, n_before, shared))
     study = optuna.create_study(study_name=spec.name, storage=storage,
                                 direction=objective.direction, load_if_exists=True,
-                                sampler=make_sampler(spec, sampler_seed(spec, n_before,
-                                                                          shared)),
-                                pruner=make_pruner(spec))
+                                sampler=sampler, pruner=make_pruner(spec))
     if previous is None:
         study.set_user_attr(SPEC_ATTR, spec.identity())
         study.set_user_attr(HASH_ATTR, spec.spec_hash)
@@ -272,7 +266,6 @@ def _open_study(spec: StudySpec, objective: Objective, storage: optuna.storages.
     if study.metric_names is None:  # Optuna's CLI and dashboards then name the objective
         study.set_metric_names([objective.metric])
     return study
-
 
 
 def _check_same_spec(spec: StudySpec, attrs: dict[str, Any]) -> None:

@@ -31,8 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from regsearch.optuna_compat import (can_batch, cached_trial, rdb_of, set_storage, storage_of,
-                                     trial_id_of,
-                                     study_id_of, write_details, write_params)
+                                     study_id_of, trial_id_of, write_details, write_params)
 
 
 class PackStorage:
@@ -206,11 +205,12 @@ class PackStorage:
 
     def _write_params(self, params: list[tuple[int, str, float, Any]]) -> None:
         """The batch's parameters in one transaction where possible (`write_params`)."""
-        if not (params and can_batch(rdb_of(self._storage))):
+        rdb = rdb_of(self._storage)
+        if not (params and can_batch(rdb)):
             for param in params:
                 self._storage.set_trial_param(*param)
             return
-        write_params(rdb_of(self._storage), self._study_id, params)
+        write_params(rdb, self._study_id, params)
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
         self._mine[trial_id] = trial

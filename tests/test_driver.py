@@ -269,7 +269,7 @@ def test_the_heap_is_frozen_while_the_study_loop_runs(make_spec) -> None:
     import gc
 
     study_run = opening.open_run(make_spec(search={"n_trials": 2, "pruner": "none"},
-                                          trainer="keras"))
+                                           trainer="keras"))
     count = _FreezeCount()
     driver.run_study(study_run, make_trainer(study_run), [count])
     assert len(count.seen) == 2 and min(count.seen) > 10_000

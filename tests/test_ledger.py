@@ -520,7 +520,7 @@ def test_fail_abandoned_fails_the_trial_in_optuna_and_the_ledger(db_url, make_sp
         assert run.done == 0 == liveness.count_done([trial])
         [row] = trial_rows(run.ledger.engine)
         assert (row["number"], row["state"], row["reason"]) == (number, "failed",
-                                                               KillReason.ABANDONED)
+                                                                KillReason.ABANDONED)
         assert row["finished"] is not None
     finally:
         _close(run)

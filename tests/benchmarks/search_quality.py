@@ -235,10 +235,8 @@ def keras_tuner_contestant(raw: dict[str, Any], budget: float, kind: str,
     values = best.hyperparameters.values
     config = RegConfig(values["regularizer"], l1=values.get("l1") or 0.0,
                        l2=values.get("l2") or 0.0, dropout=values["dropout"])
-    if config.regularizer not in ("l1", "l1_l2"):
-        config = RegConfig(config.regularizer, l2=config.l2, dropout=config.dropout)
-    if config.regularizer not in ("l2", "l1_l2"):
-        config = RegConfig(config.regularizer, l1=config.l1, dropout=config.dropout)
+    l1, l2 = config.effective()  # KerasTuner keeps a strength the type does not use
+    config = RegConfig(config.regularizer, l1=l1, l2=l2, dropout=config.dropout)
     done = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
     return [{"answer": "best", "config": config.as_dict(),
              "reported": _units(best.score, data), "trials": len(done)}]
