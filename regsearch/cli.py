@@ -15,9 +15,16 @@ EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_BUG = 2, 130, 143, 1
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool cut off by it
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from regsearch.study_file import json_schema_text
+
+    print(json_schema_text(), end="")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from regsearch.data import load_dataset
-    from regsearch.spec import resolve_objective
+    from regsearch.objective import resolve_objective
     from regsearch.study_file import load_spec
 
     spec = load_spec(args.study)
@@ -299,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("study")
     validate.set_defaults(handler=_cmd_validate)
 
+    schema = commands.add_parser("schema", parents=[common],
+                                 help="print the JSON Schema of study files (for editors)")
+    schema.set_defaults(handler=_cmd_schema)
+
     best = commands.add_parser("best", parents=[common], help="show a study's best config")
     best.add_argument("name", help="study name (the `name:` of its study file)")
     best.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
@@ -357,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegsearchError as exc:
         if args.debug:
             raise
-        print(f"regsearch: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a study file may have several problems
+            print(f"regsearch: error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         from regsearch.interrupts import Stopped

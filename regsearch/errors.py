@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RegsearchError(Exception):
     """An error caused by the user's input or environment, not by a bug.
@@ -11,11 +13,13 @@ class RegsearchError(Exception):
 
 
 class SpecError(RegsearchError):
-    """A study file that cannot be used as written."""
+    """A study file that cannot be used as written: one line per problem, all at once."""
 
-    def __init__(self, source: str, field: str, message: str) -> None:
-        where = f"{source}: {field}" if field else source
-        super().__init__(f"{where}: {message}")
+    def __init__(self, source: str, field: str, message: str,
+                 more: Sequence[tuple[str, str]] = ()) -> None:
+        self.problems = [(field, message), *more]
+        super().__init__("\n".join(f"{source}: {f}: {m}" if f else f"{source}: {m}"
+                                   for f, m in self.problems))
         self.source = source
         self.field = field
 

@@ -27,7 +27,8 @@ from regsearch.protocols import Listener
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
 from regsearch.samplers import make_pruner, make_sampler, sampler_seed
-from regsearch.spec import Objective, StudySpec, resolve_objective
+from regsearch.objective import Objective, resolve_objective
+from regsearch.spec import StudySpec
 from regsearch.storage import (check_storage_url, check_tracking_uri, expand_home,
                                has_study_tables, is_sqlite, mask_url, open_storage,
                                same_database, sqlite_file)

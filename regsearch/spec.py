@@ -1,18 +1,27 @@
-"""The study's data model: a frozen `StudySpec` and its sections, with the rules they
-share (metrics and their directions, the strengths each regularizer uses, the objective).
+"""The study's data model: a frozen `StudySpec` and its sections, with every rule a study
+file follows (the value rules of `spec_rules`, the rules between fields here) and the ones
+the rest shares (the strengths each regularizer uses, the choices of each field).
 
-`study_file` reads and checks a study file into one; everything else reads it.
+The sections are pydantic dataclasses, so the same classes validate a study file (all its
+errors at once, `study_file` words them), check a spec built in code, and give the JSON
+Schema editors use. Everything else reads the result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, field, fields
+from pathlib import Path
+from typing import Annotated, Any
 
-from regsearch.errors import SpecError
-from regsearch.objective import Direction
+from pydantic import ConfigDict, Field, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
+
+from regsearch.objective import METRICS, objective_problem
+from regsearch.spec_rules import (Boolean, Choices, FractionIn, IntegerIn, LayerSizes, Name,
+                                  Number, OneOf, Positive, StorageUrl, Text, TrackingUri, broken)
 
 #: Each regularizer type and the strengths it uses (the one home of this rule).
 STRENGTHS: dict[str, tuple[str, ...]] = {"none": (), "l1": ("l1",), "l2": ("l2",),
@@ -33,89 +42,86 @@ DEFAULT_STORAGE = "sqlite:///runs/regsearch.db"
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A validation metric on the data alone (never the regularization penalty)."""
-
-    name: str
-    direction: Direction
-    tasks: tuple[str, ...]
-
-
-_CLASSIFICATION = ("binary", "multiclass")
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("accuracy", "maximize", _CLASSIFICATION),
-        Metric("auc", "maximize", _CLASSIFICATION),
-        Metric("cross_entropy", "minimize", _CLASSIFICATION),
-        Metric("rmse", "minimize", ("regression",)),
-        Metric("mae", "minimize", ("regression",)),
-        Metric("mse", "minimize", ("regression",)),
-        Metric("r2", "maximize", ("regression",)),
-    )
-}
+#: Sections of a study file: unknown keys are errors; a field's attribute docstring is its
+#: description in the JSON Schema.
+SECTION = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+#: Trainer chosen by the optimizer: `packed` where it can (the same training, many times
+#: faster), else `keras`.
+AUTOMATIC = "automatic"
 
 
-@dataclass(frozen=True)
-class Objective:
-    """The metric a study optimizes and its direction, once the task is known."""
-
-    metric: str
-    direction: Direction
-
-
-def resolve_objective(spec: StudySpec, task: str) -> Objective:
-    """Fill in the default metric for `task` and check an explicit one fits it."""
-    named = spec.objective.metric is not None
-    metric = spec.objective.metric or ("rmse" if task == "regression" else "accuracy")
-    problem = objective_problem(metric, spec.objective.direction, task, named=named,
-                                data_task=True)
-    if problem:
-        raise SpecError(spec.source, f"objective.{problem[0]}", problem[1])
-    return Objective(metric, METRICS[metric].direction)
-
-
-def objective_problem(metric: str, direction: str | None, task: str | None, *, named: bool,
-                      data_task: bool = False) -> tuple[str, str] | None:
-    """(field, message) when `metric` does not fit `task` or `direction` would search for
-    its worst: the one rule for a study file's metric, direction and task."""
-    if task is not None and task not in METRICS[metric].tasks:
-        allowed = [m.name for m in METRICS.values() if task in m.tasks]
-        whose = "the data's" if data_task else "a"
-        return "metric", (f"{metric!r} does not apply to {whose} {task} task; "
-                          f"use one of: {', '.join(allowed)}")
-    right = METRICS[metric].direction
-    if direction is not None and direction != right:
-        if named:
-            return "direction", (f"{direction!r} would search for the worst {metric}; "
-                                 f"use {right!r} or leave it out")
-        return "direction", (f"{direction!r} would search for the worst {metric} (the default "
-                             f"metric for a {task} task); use {right!r}, name a metric, or "
-                             "leave direction out")
-    return None
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class SyntheticSpec:
-    task: str
-    samples: int = 2000
-    features: int = 20
-    classes: int = 2
-    informative: int | None = None
-    noise: float = 0.1
+    """Data generated by scikit-learn's make_classification / make_regression."""
+
+    task: Annotated[str, OneOf(SYNTHETIC_TASKS), Field(description="classification or regression")]
+    samples: Annotated[int, IntegerIn(20, 10_000_000)] = 2000
+    features: Annotated[int, IntegerIn(1, 100_000)] = 20
+    classes: Annotated[int, IntegerIn(2, 1000)] = 2
+    informative: Annotated[int | None, IntegerIn(1, 100_000)] = None
+    noise: Annotated[float, FractionIn(0.0, 1e6)] = 0.1
+
+    @model_validator(mode="after")
+    def _informative_features(self) -> SyntheticSpec:
+        if self.informative is not None and self.informative > self.features:
+            raise broken(f"must be <= features ({self.features}), got {self.informative}",
+                         "informative")
+        return self
 
 
-@dataclass(frozen=True)
+def _one_source(schema: dict[str, Any]) -> None:
+    schema["oneOf"] = [{"required": [key]} for key in ("builtin", "file", "synthetic")]
+
+
+@dataclass(frozen=True, config=SECTION | ConfigDict(json_schema_extra=_one_source))
 class DataSpec:
-    builtin: str | None = None
-    file: str | None = None
-    target: str | None = None
+    """Exactly one of `builtin`, `file` and `synthetic`, and how its rows are split."""
+
+    builtin: Annotated[str | None, OneOf(BUILTIN_DATASETS)] = None
+    file: Annotated[str | None, Text()] = None
+    """A CSV file (with `target`) or an .npz of x and y; relative to the study file."""
+    target: Annotated[str | None, Text()] = None
+    """The CSV column to predict."""
     synthetic: SyntheticSpec | None = None
-    validation_fraction: float = 0.2
-    test_fraction: float = 0.0
-    folds: int | None = None    # k-fold cross-validation of every trial (`regsearch.folds`)
-    repeats: int | None = None  # r models of every trial from different initial weights
+    validation_fraction: Annotated[float, FractionIn(0.0, 1.0, high_open=True)] = 0.2
+    test_fraction: Annotated[float, FractionIn(0.0, 1.0, high_open=True)] = 0.0
+    folds: Annotated[int | None, IntegerIn(2, 20)] = None
+    """k-fold cross-validation of every trial (`regsearch.folds`)."""
+    repeats: Annotated[int | None, IntegerIn(2, 20)] = None
+    """Models of every trial from different initial weights."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _folds_own_validation(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("folds") and "validation_fraction" in raw:
+            raise broken(f"is not used with folds (each of the {raw['folds']} folds is in "
+                         "turn the validation rows); remove it", "validation_fraction")
+        return raw
+
+    @model_validator(mode="after")
+    def _one_source_and_its_split(self, info: ValidationInfo) -> DataSpec:
+        given = [k for k in ("builtin", "file", "synthetic") if getattr(self, k)]
+        if len(given) != 1:
+            problem = "none is given" if not given else f"got {', '.join(given)}"
+            raise broken(f"give exactly one of builtin, file, synthetic; {problem}")
+        if self.file is not None:
+            path = Path(self.file).expanduser()
+            base = (info.context or {}).get("base") or Path.cwd()
+            object.__setattr__(self, "file", str(path if path.is_absolute() else base / path))
+            if self.target is None and not self.file.endswith(".npz"):
+                raise broken("is required with `file`: the name of the target column", "target")
+        elif self.target is not None:
+            raise broken("is only used with `file`; remove it for built-in data", "target")
+        if self.validation_fraction <= 0:
+            raise broken("must be > 0: the objective is measured on it", "validation_fraction")
+        if round(self.validation_fraction + self.test_fraction, 9) >= 0.9:
+            raise broken("validation_fraction + test_fraction must be < 0.9 to leave data to "
+                         f"train on, got {self.validation_fraction + self.test_fraction:g}",
+                         "test_fraction")
+        if self.folds and self.repeats:
+            raise broken("give folds or repeats, not both: folds already score each trial "
+                         "with several models", "repeats")
+        return self
 
     @property
     def members(self) -> int:
@@ -131,55 +137,115 @@ class DataSpec:
         return f"file:{self.file} (target {self.target})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ModelSpec:
-    hidden_units: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
-    task: str | None = None
+    """The Dense network whose regularization is searched."""
+
+    hidden_units: Annotated[tuple[int, ...], LayerSizes()] = (64, 64)
+    activation: Annotated[str, OneOf(ACTIVATIONS)] = "relu"
+    task: Annotated[str | None, OneOf(TASKS)] = None
+    """Left out: inferred from the data's target."""
 
 
-@dataclass(frozen=True)
+def _either_end_optional(schema: dict[str, Any]) -> None:
+    schema.pop("required")  # a file may give one end; the field's default gives the other
+
+
+@dataclass(frozen=True, config=SECTION | ConfigDict(json_schema_extra=_either_end_optional))
 class Range:
-    low: float
-    high: float
+    low: Annotated[float, Number()]
+    high: Annotated[float, Number()]
 
 
-@dataclass(frozen=True)
+#: The rule each end of a searched range follows.
+_RANGE_ENDS = {"strength": Positive(), "dropout": FractionIn(0.0, 1.0, high_open=True)}
+
+
+def _ends(name: str) -> Any:
+    """The JSON Schema of a range's ends (the `_ranges` check, for editors)."""
+    ends = _RANGE_ENDS[name].schema_keywords({"type": "number"})
+    return Field(json_schema_extra={"properties": {"low": ends, "high": ends}})
+
+
+@dataclass(frozen=True, config=SECTION)
 class SpaceSpec:
-    regularizers: tuple[str, ...] = REGULARIZERS
-    strength: Range = Range(1e-6, 1e-1)
-    dropout: Range = Range(0.0, 0.5)
+    """What is searched: the regularizer types, their strength (log scale), dropout."""
+
+    regularizers: Annotated[tuple[str, ...], Choices(REGULARIZERS)] = REGULARIZERS
+    strength: Annotated[Range, _ends("strength")] = Range(1e-6, 1e-1)
+    """The L1 / L2 factor, searched on a log scale; both bounds > 0."""
+    dropout: Annotated[Range, _ends("dropout")] = Range(0.0, 0.5)
+    """The dropout rate after each hidden layer; both bounds in [0, 1)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ends(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        partial = {name: asdict(cls.__dataclass_fields__[name].default) | raw[name]
+                   for name in ("strength", "dropout") if isinstance(raw.get(name), dict)}
+        return raw | partial
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SpaceSpec:
+        for name, rule in _RANGE_ENDS.items():
+            span: Range = getattr(self, name)
+            for end in ("low", "high"):
+                try:
+                    rule.check(getattr(span, end))
+                except ValueError as bad:
+                    raise broken(str(bad), f"{name}.{end}") from None
+            if span.low > span.high:
+                raise broken(f"must be <= {name}.high, got low={span.low:g} > "
+                             f"high={span.high:g}", f"{name}.low")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class EarlyStopping:
-    patience: int
-    min_delta: float = 0.0
+    patience: Annotated[int, IntegerIn(1), Field(description="epochs to wait")]
+    min_delta: Annotated[float, FractionIn(0, 1e9)] = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class TrainSpec:
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    epochs: Annotated[int, IntegerIn(1, 100_000)] = 20
+    batch_size: Annotated[int, IntegerIn(1, 1_000_000)] = 64
+    optimizer: Annotated[str, OneOf(OPTIMIZERS)] = "adam"
+    learning_rate: Annotated[float, Positive()] = 1e-3
     early_stopping: EarlyStopping | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ObjectiveSpec:
-    metric: str | None = None
-    direction: str | None = None
+    """Left out: accuracy for classification, rmse for regression."""
+
+    metric: Annotated[str | None, OneOf(tuple(METRICS))] = None
+    direction: Annotated[str | None, OneOf(DIRECTIONS)] = None
+    """Only to confirm the metric's own direction; another is an error."""
+
+    @model_validator(mode="after")
+    def _direction_fits(self) -> ObjectiveSpec:
+        problem = self.metric and objective_problem(self.metric, self.direction, None,
+                                                    named=True)
+        if problem:
+            raise broken(problem[1], problem[0])
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class SearchSpec:
-    sampler: str = "tpe"
-    pruner: str = "median"
-    n_trials: int | None = None
-    timeout: float | None = None
-    grid_size: int = 3
-    pack_size: int | None = None
+    """The sampler, the pruner and the budget."""
+
+    sampler: Annotated[str, OneOf(SAMPLERS)] = "tpe"
+    pruner: Annotated[str, OneOf(PRUNERS)] = "median"
+    n_trials: Annotated[int | None, IntegerIn(1, UNLIMITED)] = None
+    timeout: Annotated[float | None, Positive()] = None
+    """Seconds; alone, the search runs until they are spent."""
+    grid_size: Annotated[int, IntegerIn(1, 100)] = 3
+    """Points per axis for `sampler: grid`."""
+    pack_size: Annotated[int | None, IntegerIn(1, 4096)] = None
+    """Trials trained at once by the packed trainer; left out: chosen from the model size."""
 
     def budget(self, grid_points: int, timeout: float | None = None) -> int:
         """Trials to run: `n_trials`; else the whole grid for `sampler: grid`; else as many
@@ -196,25 +262,25 @@ def trials_of(done: int, budget: int) -> str:
     return f"{done} trials" if budget >= UNLIMITED else f"{done} of {budget} trials"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class MlflowSpec:
     """Where trials are mirrored for the MLflow UI; its own database, never the storage's."""
 
-    tracking_uri: str = DEFAULT_TRACKING_URI
-    enabled: bool = True
+    tracking_uri: Annotated[str, TrackingUri()] = DEFAULT_TRACKING_URI
+    enabled: Annotated[bool, Boolean()] = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ConfirmSpec:
     """After the search, the `top` distinct configurations and the unregularized default
     are trained again with `seeds` fresh seeds each, and ranked by their mean; not part of
-    a study's identity (changing it changes no trial)."""
+    a study's identity (changing it changes no trial). `confirm: null` turns it off."""
 
-    top: int = 5
-    seeds: int = 5
+    top: Annotated[int, IntegerIn(1, 100)] = 5
+    seeds: Annotated[int, IntegerIn(2, 100)] = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class WorkersSpec:
     """How worker processes share a study (server databases only); not part of its identity.
 
@@ -224,30 +290,72 @@ class WorkersSpec:
     `recycle_after` trials, a worker replaces its process with a fresh one (memory).
     """
 
-    heartbeat_interval: int = 10
-    grace_period: int = 120
-    max_retries: int = 2
-    recycle_after: int | None = None
+    heartbeat_interval: Annotated[int, IntegerIn(1, 3600)] = 10
+    grace_period: Annotated[int, IntegerIn(2, 86400)] = 120
+    max_retries: Annotated[int, IntegerIn(0, 100)] = 2
+    recycle_after: Annotated[int | None, IntegerIn(1, UNLIMITED)] = None
+
+    @model_validator(mode="after")
+    def _grace_covers_beats(self) -> WorkersSpec:
+        if self.grace_period < 2 * self.heartbeat_interval:
+            raise broken(f"must be at least twice heartbeat_interval "
+                         f"({self.heartbeat_interval}), got {self.grace_period}; a busy "
+                         "worker must not be declared dead", "grace_period")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class StudySpec:
-    """A validated study: what to search, on which data, and where to record it."""
+    """A regsearch study: what to search, on which data, and where to record it."""
 
-    name: str
-    seed: int
-    data: DataSpec
+    name: Annotated[str, Name(), Field(description="a study name such as digits-quick")]
+    data: Annotated[DataSpec, Field(description="e.g. `data: {builtin: digits}`")]
+    seed: Annotated[int, IntegerIn(0, 2**31 - 1)] = 0
     model: ModelSpec = ModelSpec()
     space: SpaceSpec = SpaceSpec()
     train: TrainSpec = TrainSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
     search: SearchSpec = SearchSpec()
-    storage: str = DEFAULT_STORAGE
+    storage: Annotated[str, StorageUrl()] = DEFAULT_STORAGE
+    """The SQLAlchemy URL of the Optuna study and the trial ledger."""
     mlflow: MlflowSpec = MlflowSpec()
     workers: WorkersSpec = WorkersSpec()
-    trainer: str = "packed"
+    trainer: Annotated[str, OneOf(TRAINERS),
+                       Field(json_schema_extra=lambda schema: schema.pop("default"))] = AUTOMATIC
+    """Left out: packed where the optimizer allows it (adam, sgd), else keras."""
     confirm: ConfirmSpec | None = ConfirmSpec()
-    source: str = field(default="<spec>", compare=False)
+    source: SkipJsonSchema[str] = field(default="<spec>", compare=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_is_not_a_key(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "source" in raw:  # the reader's, from the context
+            allowed = sorted(f.name for f in fields(cls) if f.name != "source")
+            raise broken(f"unknown key; allowed keys here are: {', '.join(allowed)}", "source")
+        return raw
+
+    @model_validator(mode="after")
+    def _sections_agree(self, info: ValidationInfo) -> StudySpec:
+        if info.context and "source" in info.context:
+            object.__setattr__(self, "source", info.context["source"])
+        if self.objective.metric is not None:
+            problem = objective_problem(self.objective.metric, None, self.model.task, named=True)
+            if problem:
+                raise broken(problem[1], f"objective.{problem[0]}")
+        from regsearch.storage import same_database
+
+        if self.mlflow.enabled and same_database(self.mlflow.tracking_uri, self.storage):
+            raise broken("must not be the study's storage URL: Optuna and MLflow both keep an "
+                         "`alembic_version` table; use a database of its own, e.g. "
+                         "sqlite:///runs/mlflow.db", "mlflow.tracking_uri")
+        if self.trainer == AUTOMATIC:
+            packable = self.train.optimizer in PACKED_OPTIMIZERS
+            object.__setattr__(self, "trainer", "packed" if packable else "keras")
+        if self.trainer == "packed" and self.train.optimizer not in PACKED_OPTIMIZERS:
+            raise broken(f"the packed trainer supports {', '.join(PACKED_OPTIMIZERS)}, got "
+                         f"{self.train.optimizer!r}; use one of them or `trainer: keras`",
+                         "train.optimizer")
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the study's results; a reopened study must match them.

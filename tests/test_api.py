@@ -83,3 +83,16 @@ def test_load_of_a_missing_study_names_what_is_there(tmp_path: Path) -> None:
     with pytest.raises(regsearch.RegsearchError, match="no study database at "):
         regsearch.load("nothing", storage=sqlite_url(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_public_name_resolves() -> None:
+    import subprocess
+    import sys
+
+    # a fresh interpreter: each name is resolved lazily, from the module it lives in
+    code = ("import regsearch\n"
+            "missing = [n for n in regsearch.__all__ if getattr(regsearch, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert callable(regsearch.load_spec) and callable(regsearch.parse_spec)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -353,6 +353,29 @@ def test_missing_invalid_and_unknown_study_files(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_every_problem_of_a_study_file_is_one_error_line(tmp_path: Path) -> None:
+    spec = study_dict("many-problems", sqlite_url(tmp_path))
+    spec["model"] = {"hidden_unit": [16], "activation": "relu6"}
+    spec["train"] = {"epochs": 0}
+    write_study(tmp_path, spec, "many.yaml")
+    proc = cli(tmp_path, "run", "many.yaml")
+    assert proc.returncode == 2, show(proc)
+    assert "Traceback" not in proc.stderr, show(proc)
+    lines = proc.stderr.splitlines()
+    assert [line.split(": ")[3] for line in lines] == [
+        "model.hidden_unit", "model.activation", "train.epochs"], show(proc)
+    assert all(line.startswith("regsearch: error: many.yaml: ") for line in lines), show(proc)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_schema_command_prints_the_shipped_schema(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "schema")
+    assert proc.returncode == 0, show(proc)
+    shipped = Path(__file__).parents[1] / "studies" / "regsearch.schema.json"
+    assert proc.stdout == shipped.read_text(encoding="utf-8")
+    assert json.loads(proc.stdout)["properties"]["name"]["pattern"]
+
+
 def test_csv_with_nan_features_is_refused_before_any_storage(tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("a,b,label\n1.0,2.0,0\n3.0,,1\n5.0,6.0,0\n7.0,8.0,1\n"
                                        "9.0,1.0,0\n2.0,3.0,1\n", encoding="utf-8")

@@ -13,7 +13,7 @@ from regsearch import driver, opening
 from regsearch.data import load_dataset
 from regsearch.errors import SpecError
 from regsearch.space import RegConfig
-from regsearch.spec import resolve_objective
+from regsearch.objective import resolve_objective
 from regsearch.study_file import parse_spec
 from regsearch.trainers import make_trainer
 from regsearch.trainers.base import EpochMetrics

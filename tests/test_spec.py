@@ -7,6 +7,7 @@ tests check all three: the message starts with "<file>: <field.path>: " and cont
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ import pytest
 import yaml
 
 from regsearch.errors import RegsearchError, SpecError
+from regsearch.objective import Objective, resolve_objective
 from regsearch.spec import (DEFAULT_STORAGE, REGULARIZERS, DataSpec, EarlyStopping, ModelSpec,
                             ObjectiveSpec, Range, SearchSpec, SpaceSpec, StudySpec, SyntheticSpec,
-                            Objective, TrainSpec, resolve_objective)
+                            TrainSpec)
 from regsearch.study_file import load_spec, parse_spec
 
 # --------------------------------------------------------------------------- helpers
@@ -103,8 +105,7 @@ def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
     assert spec.storage == DEFAULT_STORAGE and spec.seed == 0
 
 
-def test_full_file_loads_every_field(tmp_path: Path) -> None:
-    text = """\
+FULL_TEXT = """\
 name: wine.full_1
 seed: 42
 data:
@@ -137,7 +138,10 @@ search:
 storage: postgresql+psycopg://user@host/db
 trainer: keras
 """
-    spec = load_spec(write_yaml(tmp_path, text))
+
+
+def test_full_file_loads_every_field(tmp_path: Path) -> None:
+    spec = load_spec(write_yaml(tmp_path, FULL_TEXT))
     assert spec.name == "wine.full_1"
     assert spec.seed == 42
     assert spec.data == DataSpec(builtin="wine", validation_fraction=0.25, test_fraction=0.15)
@@ -241,7 +245,7 @@ def test_synthetic_data_loads(tmp_path: Path) -> None:
                                                     classes=2, informative=None, noise=0.1)
 
 
-@pytest.mark.parametrize(("changes", "attribute", "expected"), [
+ACCEPTED: list[tuple[dict[str, Any], tuple[str, ...], Any]] = [
     ({"space.regularizers": "l2"}, ("space", "regularizers"), ("l2",)),
     ({"space.regularizers": ["none"]}, ("space", "regularizers"), ("none",)),
     ({"space.regularizers": list(REGULARIZERS)}, ("space", "regularizers"), REGULARIZERS),
@@ -263,7 +267,10 @@ def test_synthetic_data_loads(tmp_path: Path) -> None:
     ({"train.early_stopping": {"patience": 1}}, ("train", "early_stopping"),
      EarlyStopping(patience=1, min_delta=0.0)),
     ({"storage": "sqlite:///:memory:"}, ("storage",), "sqlite:///:memory:"),
-])
+]
+
+
+@pytest.mark.parametrize(("changes", "attribute", "expected"), ACCEPTED)
 def test_accepted_values(tmp_path: Path, changes: dict[str, Any], attribute: tuple[str, ...],
                          expected: Any) -> None:
     value: Any = load_mapping(tmp_path, with_fields(changes))
@@ -805,3 +812,82 @@ def test_a_home_folder_in_sqlite_urls_is_written_out(tmp_path: Path,
     assert_spec_error(tmp_path, with_fields({"storage": "sqlite:///~/one.db",
                                              "mlflow.tracking_uri": f"sqlite:///{tmp_path}/home/one.db"}),
                       "mlflow.tracking_uri", "`alembic_version` table")
+
+
+# --------------------------------------------------------------------------- all errors at once
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, with_fields({
+        "name": "my study", "data.builtin": "mnist", "model.activation": "relu6",
+        "train.lr": 0.1, "train.epochs": 0, "search.sampler": "cmaes"}))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    fields = [field for field, _ in info.value.problems]
+    assert fields[0] == "train.lr"  # unknown keys first: they often explain the rest
+    assert sorted(fields) == sorted(["name", "data.builtin", "model.activation", "train.lr",
+                                     "train.epochs", "search.sampler"])
+    lines = str(info.value).splitlines()
+    assert len(lines) == 6 and all(line.startswith(f"{path}: ") for line in lines)
+    assert f"{path}: train.epochs: must be an integer in [1, 100000], got 0" in lines
+
+
+# --------------------------------------------------------------------------- the JSON Schema
+
+SCHEMA_FILE = Path(__file__).parents[1] / "studies" / "regsearch.schema.json"
+#: Rules between fields, or beyond what JSON Schema says of one value: the reader's alone.
+READER_ONLY = ("give exactly one of", "is only used with", "is required with `file`",
+               "must be > 0: the objective", "must be < 0.9", "must be <= features",
+               "must be <= strength.high", "must be <= dropout.high", "would search for the worst",
+               "does not apply to", "not a SQLAlchemy URL", "must be a finite number",
+               "lists a type twice", "expected a number, got '", "use 'minimize'",
+               "use 'maximize'", "got 64.0", "got 10.0")  # JSON Schema: 10.0 is an integer
+
+
+def schema_errors(mapping: Any) -> list[str]:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    return [error.message for error in validator.iter_errors(mapping)]
+
+
+def test_shipped_schema_is_current() -> None:
+    from regsearch.study_file import json_schema_text
+
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == json_schema_text(), (
+        "run `regsearch schema > studies/regsearch.schema.json`")
+
+
+def _reader_only(case: tuple[dict[str, Any], str, str]) -> bool:
+    changes, field, rule = case
+    left_null = field in ("name", "data") and field in changes and changes[field] is None
+    return left_null or any(part in rule for part in READER_ONLY)
+
+
+SCHEMA_CASES = [case for case in BAD_VALUES if not _reader_only(case)]
+
+
+@pytest.mark.parametrize(("changes", "field", "rule"), SCHEMA_CASES,
+                         ids=[f"{i:03d}-{case[1]}" for i, case in enumerate(SCHEMA_CASES)])
+def test_schema_rejects_every_single_value_mistake(changes: dict[str, Any], field: str,
+                                                   rule: str) -> None:
+    """Editors flag what the reader refuses, but for the rules between fields (and a
+    required key written as null, which the reader reads as left out)."""
+    assert schema_errors(with_fields(changes)), (
+        f"the schema accepts {changes}, the reader refuses: {rule}")
+
+
+def test_schema_accepts_what_the_reader_accepts(tmp_path: Path) -> None:
+    accepted = [with_fields(changes) for changes, _, _ in ACCEPTED] + [yaml.safe_load(FULL_TEXT)]
+    for mapping in accepted:
+        load_mapping(tmp_path, mapping)
+        assert not schema_errors(mapping), mapping
+
+
+def test_shipped_studies_name_the_schema_and_follow_it() -> None:
+    studies = sorted(SCHEMA_FILE.parent.glob("*.yaml"))
+    assert studies
+    for path in studies:
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith("# yaml-language-server: $schema=regsearch.schema.json\n"), path
+        assert not schema_errors(yaml.safe_load(text)), path

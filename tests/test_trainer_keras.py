@@ -10,7 +10,7 @@ from sklearn.metrics import log_loss, mean_squared_error
 
 from regsearch.data import load_dataset
 from regsearch.space import RegConfig
-from regsearch.spec import resolve_objective
+from regsearch.objective import resolve_objective
 from regsearch.states import State
 from regsearch.trainers.keras import KerasTrainer
 

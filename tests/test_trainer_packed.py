@@ -15,7 +15,7 @@ import pytest
 from regsearch import metrics
 from regsearch.data import load_dataset
 from regsearch.space import RegConfig
-from regsearch.spec import resolve_objective
+from regsearch.objective import resolve_objective
 from regsearch.states import State
 from regsearch.trainers.keras import KerasTrainer, fit_targets
 from regsearch.trainers.packed import PackedNet, PackedTrainer, choose_pack_size

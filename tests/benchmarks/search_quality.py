@@ -258,7 +258,7 @@ def retrain(raw: dict[str, Any], test: Path, config: dict[str, Any],
     import numpy as np
     import pandas as pd
 
-    from regsearch.spec import resolve_objective
+    from regsearch.objective import resolve_objective
     from regsearch.space import RegConfig
     from regsearch.trainers.keras import KerasTrainer
 
