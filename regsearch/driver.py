@@ -8,6 +8,7 @@ configs, epochs and outcomes. Opening the study is `opening`'s job.
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -28,6 +29,8 @@ from regsearch.space import RegConfig
 from regsearch.states import OPTUNA_STATE, KillReason, State
 from regsearch.storage import DATABASE_ERRORS, first_line, hold_sqlite, mask_url
 from regsearch.trainers.base import EpochMetrics, TrialOutcome
+
+log = logging.getLogger("regsearch")
 
 
 @without_optuna_notices()
@@ -358,10 +361,9 @@ def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
                 pass
             # Another process found no heartbeat for this trial within the grace period and
             # failed and re-queued it (its records say so); this result is dropped.
-            print(f"regsearch: warning: trial {running.trial.number} was declared dead by "
-                  "another worker (no heartbeat within workers.grace_period; raise it if "
-                  "workers are this busy); its re-queued copy runs instead", file=sys.stderr,
-                  flush=True)
+            log.warning("trial %d was declared dead by another worker (no heartbeat within "
+                        "workers.grace_period; raise it if workers are this busy); its "
+                        "re-queued copy runs instead", running.trial.number)
     faults.point("tell")
     ended = [(running.trial.number, running.config, outcome) for running, outcome in told
              if running.config is not None]

@@ -8,6 +8,7 @@ workers through the environment (`REGSEARCH_STORAGE`), never a command line `ps`
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ from regsearch.errors import SpecError, StorageError
 from regsearch.objective import ranked
 from regsearch.spec import UNLIMITED, StudySpec, trials_of
 from regsearch.storage import is_sqlite, mask_url
+
+log = logging.getLogger("regsearch")
 
 POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 60.0
@@ -153,8 +156,8 @@ def _summary(run: opening.StudyRun) -> None:
     try:
         summary = report.study_summary(run.study, run.storage_url)
     except Exception as exc:  # noqa: BLE001 - `regsearch best` shows it later
-        print(f"regsearch: warning: cannot read the result ({mask_url(str(exc))}); run "
-              f"`regsearch best {run.spec.name}`", file=sys.stderr)
+        log.warning("cannot read the result (%s); run `regsearch best %s`",
+                    mask_url(str(exc)), run.spec.name)
         return
     print(report.render(summary, "table"), flush=True)
     if run.spec.confirm is not None and summary["confirmation"] is None:
@@ -171,8 +174,8 @@ def _mend(run: opening.StudyRun) -> None:
         mended, written, _ = reconcile(run.spec.name, run.storage_url, run.tracking_uri,
                                        unsynced_only=True)
     except Exception as exc:  # noqa: BLE001 - `regsearch sync` does it later, and says why
-        print(f"regsearch: warning: could not mend the records ({mask_url(str(exc))}); run "
-              f"`regsearch sync {run.spec.name}`", file=sys.stderr)
+        log.warning("could not mend the records (%s); run `regsearch sync %s`",
+                    mask_url(str(exc)), run.spec.name)
         return
     if mended or written:
         print(f"regsearch: mended the records a killed worker left: {mended} ledger rows, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 #: Loggers whose INFO lines (a line per trial or per migration) would drown the progress
 #: display.
@@ -23,11 +24,23 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (tests and tools swap it)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
+
+
 def show_warnings() -> None:
     """What the package logs as a warning reaches the terminal as one line of its own."""
     logger = logging.getLogger("regsearch")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("regsearch: warning: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False

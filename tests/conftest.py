@@ -55,6 +55,26 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def regsearch_warnings() -> Iterator[list[str]]:
+    """The warnings regsearch logs during the test (through `logging.getLogger("regsearch")`,
+    from any thread), in order."""
+    import logging
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    seen: list[str] = []
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("regsearch")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
 def make_spec(tmp_path: Path) -> Callable[..., StudySpec]:
     """`make_spec(train__epochs=5, space__regularizers=["l2"])` -> a validated spec."""
     def make(**overrides: Any) -> StudySpec:

@@ -121,6 +121,35 @@ def test_interrupted_trial_is_failed_and_does_not_spend_budget(make_spec) -> Non
     assert finished.done == 4 and len(finished.study.trials) == 5
 
 
+def test_a_trial_declared_dead_meanwhile_is_one_logged_warning(
+        make_spec, regsearch_warnings: list[str]) -> None:
+    spec = make_spec(trainer="keras", search={"n_trials": 2, "pruner": "none"})
+    study_run = opening.open_run(spec)
+
+    class ReapedWhileTraining:
+        """Another worker finds no heartbeat for the first trial and fails it meanwhile."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.calls = inner, 0
+
+        def train(self, config, *, seed, prune):
+            self.calls += 1
+            if self.calls == 1:
+                (mine,) = study_run.study.get_trials(states=(TrialState.RUNNING,))
+                liveness.fail_dead(study_run, [mine], "no heartbeat")
+            return self.inner.train(config, seed=seed, prune=prune)
+
+    driver.run_study(study_run, ReapedWhileTraining(make_trainer(study_run)))
+    (warning,) = regsearch_warnings
+    assert warning.startswith("trial 0 was declared dead by another worker"), warning
+    assert "its re-queued copy runs instead" in warning
+    trials = study_run.study.trials
+    assert trials[0].state == TrialState.FAIL and "no heartbeat" in trials[0].user_attrs[
+        "fail_reason"]
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2  # the copy, then #2
+    assert trials[1].params == trials[0].params
+
+
 def test_timeout_stops_starting_trials(make_spec) -> None:
     spec = make_spec(search={"n_trials": 1000, "pruner": "none"}, train__epochs=1)
     started = time.monotonic()

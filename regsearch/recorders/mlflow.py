@@ -9,9 +9,9 @@ transaction (`mlflow_batch`), on an MLflow server a few calls per run.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
-import sys
 import time
 from datetime import datetime
 from functools import cached_property
@@ -35,6 +35,8 @@ from regsearch.states import KillReason, State
 from regsearch.objective import is_better, ranks_above
 from regsearch.storage import DATABASE_ERRORS, mask_url
 from regsearch.trainers.base import EpochMetrics
+
+log = logging.getLogger("regsearch")
 
 ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                                    "regsearch.state", "regsearch.complete")
@@ -196,9 +198,9 @@ class MlflowWriter(ConfirmationWrites):
         written = per_run()
         if refused is not None:
             self.batch = None
-            print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} refused "
-                  f"batched writes ({problem_line(refused)}); writing run by run from now on "
-                  "(slower, nothing lost)", file=sys.stderr, flush=True)
+            log.warning("MLflow at %s refused batched writes (%s); writing run by run from "
+                        "now on (slower, nothing lost)", mask_url(self.tracking_uri),
+                        problem_line(refused))
         return written
 
     def log_epochs(self, epochs: dict[str, Iterable[EpochMetrics]], metric: str) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import queue
+import logging
 import socket
-import sys
 import threading
 import time
 from dataclasses import replace
 from datetime import datetime, UTC
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 from collections.abc import Callable
 
 from optuna.trial import TrialState
@@ -32,6 +32,8 @@ from regsearch.states import State
 from regsearch.space import RegConfig, from_params
 from regsearch.storage import DATABASE_ERRORS, mask_url
 from regsearch.trainers.base import EpochMetrics
+
+log = logging.getLogger("regsearch")
 
 WORKER, GPU = "regsearch.worker", "regsearch.gpu"
 EPOCHS_EVERY = 10.0  # seconds between sends of the running trials' epochs
@@ -50,12 +52,11 @@ def worker_tags() -> dict[str, str]:
 class MlflowRecorder(Listener):
     """A `protocols.Listener` that mirrors the study into MLflow without ever blocking it."""
 
-    def __init__(self, tracking_uri: str, ledger: Ledger, *, stream: TextIO = sys.stderr,
-                 drain_seconds: float = 30.0, epochs_every: float = EPOCHS_EVERY,
-                 writer: WriterProcess | None = None) -> None:
+    def __init__(self, tracking_uri: str, ledger: Ledger, *, drain_seconds: float = 30.0,
+                 epochs_every: float = EPOCHS_EVERY, writer: WriterProcess | None = None) -> None:
         """`writer`: one started earlier for `tracking_uri` (`opening.open_run` starts it
         as soon as the data passes, so MLflow's import overlaps opening the study)."""
-        self.tracking_uri, self.ledger, self.stream = tracking_uri, ledger, stream
+        self.tracking_uri, self.ledger = tracking_uri, ledger
         self.drain_seconds, self.epochs_every = drain_seconds, epochs_every
         self.unsent: dict[int, list[EpochMetrics]] = {}  # running trials' epochs, not yet sent
         self.sent: dict[int, int] = {}  # how many epochs of a running trial were sent
@@ -244,6 +245,6 @@ class MlflowRecorder(Listener):
                 self.tasks.task_done()  # `tasks.join()` waits for what was queued
 
     def _warn(self, problem: str) -> None:
-        print(f"regsearch: warning: MLflow at {mask_url(self.tracking_uri)} failed ({problem}); "
-              f"training continues and the ledger keeps every trial; run `regsearch sync "
-              f"{self.study_name}` once MLflow is back", file=self.stream, flush=True)
+        log.warning("MLflow at %s failed (%s); training continues and the ledger keeps every "
+                    "trial; run `regsearch sync %s` once MLflow is back",
+                    mask_url(self.tracking_uri), problem, self.study_name)

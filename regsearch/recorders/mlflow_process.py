@@ -146,9 +146,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import sqlalchemy
 
-    from regsearch.presentation import quiet_libraries
+    from regsearch.presentation import quiet_libraries, show_warnings
 
     quiet_libraries()
+    show_warnings()  # the writer's own warnings (a store refusing batches), as the CLI shows them
 
     tune_sqlite(sqlalchemy.Engine)  # a local SQLite store (MLflow's own engine)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
