@@ -16,6 +16,7 @@ _EXPORTS = {
     "search": "regsearch.api",
     "load": "regsearch.api",
     "StudyResult": "regsearch.api",
+    "export": "regsearch.api",
     "load_spec": "regsearch.study_file",
     "parse_spec": "regsearch.study_file",
     "StudySpec": "regsearch.spec",

@@ -1,4 +1,5 @@
-"""The Python way in: `search` runs a study as `regsearch run` does; `load` reads one back.
+"""The Python way in: `search` runs a study as `regsearch run` does; `load` reads one back;
+`export` takes its best home.
 
 Both return a `StudyResult`: plain data (the best configuration, the leaderboard, the
 default it is measured against, the confirmation), holding no database connection or
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regsearch.errors import SpecError
 from regsearch.space import RegConfig
 from regsearch.spec import DEFAULT_STORAGE, StudySpec
 from regsearch.study_file import check_field
+
+if TYPE_CHECKING:
+    from regsearch.exports import Exported
 
 StudyInput = str | Path | StudySpec | dict[str, Any]
 
@@ -100,6 +104,23 @@ def load(name: str, *, storage: str = DEFAULT_STORAGE, top: int = 5) -> StudyRes
         return StudyResult.from_summary(report.study_summary(study, url, top=top))
     finally:
         rdb.engine.dispose()
+
+
+def export(name: str, format: str, *, out: str | Path | None = None,
+           storage: str = DEFAULT_STORAGE, trial: int | None = None, refit: str = "train",
+           force: bool = False, mlflow: str | None = None,
+           register: str | None = None) -> Exported:
+    """Export a study's reported best (the confirmed one when confirmed), or `trial`, as
+    `regsearch export` does: `format` is yaml, json, python, keras or mlflow. Returns what
+    was written, the configuration document, and for keras/mlflow the refit's scores
+    (`result.document["refit"]`); yaml/json/python without `out` come back as `.text`."""
+    from regsearch import exports
+
+    url = _checked("export", "storage", storage)
+    tracking = _checked("export", "mlflow.tracking_uri", mlflow, "mlflow")
+    return exports.export(name, format, storage_url=url, out=Path(out) if out else None,
+                          trial=trial, rows=refit, force=force, tracking_uri=tracking,
+                          register=register)
 
 
 def _spec(study: StudyInput) -> StudySpec:

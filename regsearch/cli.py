@@ -4,201 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 from collections.abc import Callable, Sequence
 
-from regsearch import opening, presentation
-from regsearch.errors import RegsearchError
-from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, trials_of
+from regsearch import commands, presentation
+from regsearch.errors import (EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_STOPPED,
+                              EXIT_USER_ERROR, RegsearchError)
+from regsearch.exports import FORMATS as EXPORT_FORMATS
+from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
-EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_BUG = 2, 130, 143, 1
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool cut off by it
-
-
-def _cmd_schema(args: argparse.Namespace) -> int:
-    from regsearch.study_file import json_schema_text
-
-    print(json_schema_text(), end="")
-    return 0
-
-
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from regsearch.data import load_dataset
-    from regsearch.objective import resolve_objective
-    from regsearch.study_file import load_spec
-
-    spec = load_spec(args.study)
-    data = load_dataset(spec.data, seed=spec.seed, task=spec.model.task)
-    objective = resolve_objective(spec, data.task)
-    print(f"ok: {spec.name} ({args.study}): {data.description}; objective {objective.metric} "
-          f"({objective.direction}); regularizers {', '.join(spec.space.regularizers)}")
-    return 0
-
-
-def _where(args: argparse.Namespace) -> dict[str, Any]:
-    """Storage and MLflow URIs: the flags, else REGSEARCH_STORAGE / REGSEARCH_MLFLOW (how
-    containers and the launcher pass URLs holding passwords), else the study file; each
-    checked as the study file's field is."""
-    import os
-
-    from regsearch.errors import SpecError
-    from regsearch.study_file import check_field
-
-    where: dict[str, str | None] = {}
-    for key, field, variable in (("storage", "storage", "REGSEARCH_STORAGE"),
-                                 ("mlflow", "mlflow.tracking_uri", "REGSEARCH_MLFLOW")):
-        flag = getattr(args, key)
-        value = flag or os.environ.get(variable) or None
-        try:
-            where[key] = value and check_field(field, value)
-        except ValueError as bad:
-            raise SpecError(f"--{key}" if flag else variable, "", str(bad)) from None
-    return where
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from regsearch import driver, report
-    from regsearch.progress import Progress
-    from regsearch.study_file import load_spec
-    from regsearch.trainers import make_trainer
-
-    spec = load_spec(args.study)
-    if args.workers is not None or args.gpus is not None:
-        from regsearch import launcher
-
-        return launcher.launch(args.study, spec, launcher.plan(args.workers, args.gpus),
-                               trials=args.trials, timeout=args.timeout, **_where(args))
-    run = opening.open_run(spec, n_trials=args.trials, timeout=args.timeout, **_where(args))
-    progress = Progress()
-    try:
-        driver.run_study(run, make_trainer(run), [progress])
-    except KeyboardInterrupt:
-        progress.close()
-        running = ("the running trial was" if run.interrupted == 1 else
-                   f"the {run.interrupted} running trials were")
-        print(f"regsearch: interrupted; {trials_of(run.done, run.budget)} are recorded and "
-              f"{running} marked failed (not counted); run the same command to continue",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    progress.close()
-    print(report.render(report.study_summary(run.study, run.storage_url), "table"))
-    report.raise_if_all_diverged(run.study, spec)
-    return 0
-
-
-def _cmd_init(args: argparse.Namespace) -> int:
-    from regsearch import driver
-    from regsearch.study_file import load_spec
-    from regsearch.storage import mask_url
-
-    spec = load_spec(args.study)
-    run = opening.open_run(spec, n_trials=args.trials, **_where(args))
-    driver.prepare(run)
-    print(f"ok: study {spec.name} is ready in {mask_url(run.storage_url)} "
-          f"({trials_of(run.done, run.budget)} done); start workers with: regsearch worker "
-          f"{args.study}")
-    return 0
-
-
-def _cmd_worker(args: argparse.Namespace) -> int:
-    """Join a study and work until its budget is spent; recycle the process when told to."""
-    import os
-
-    from regsearch.devices import claim_gpu
-    from regsearch.study_file import load_spec
-
-    spec = load_spec(args.study)
-    if args.claim_gpu:  # before anything starts CUDA
-        print(f"regsearch: worker on GPU {claim_gpu(args.claim_gpu)}", file=sys.stderr)
-
-    from regsearch import driver, interrupts
-    from regsearch.progress import Progress
-    from regsearch.trainers import make_trainer
-
-    run = opening.open_run(spec, n_trials=args.trials, timeout=args.timeout, join=True,
-                           **_where(args))
-    progress = Progress()
-    try:
-        recycle = driver.run_study(run, make_trainer(run), [progress],
-                                   max_trials=spec.workers.recycle_after)
-    except interrupts.Stopped:
-        progress.close()
-        print("regsearch: worker stopped; its running trials were re-queued", file=sys.stderr)
-        return EXIT_STOPPED
-    progress.close()
-    if recycle and run.done < run.budget:  # a fresh process: memory held by TF goes back
-        print(f"regsearch: worker recycled after {spec.workers.recycle_after} trials",
-              file=sys.stderr, flush=True)
-        os.execv(sys.executable, [sys.executable, "-m", "regsearch", *sys.argv[1:]])
-    print(f"regsearch: worker done: the study has {trials_of(run.done, run.budget)}",
-          file=sys.stderr)
-    return 0
-
-
-def _cmd_sync(args: argparse.Namespace) -> int:
-    from regsearch.repair import reconcile
-
-    where = _where(args)
-    mended, written, kept = reconcile(args.name, where["storage"] or DEFAULT_STORAGE,
-                                      where["mlflow"] or DEFAULT_TRACKING_URI)
-    print(f"synced {args.name}: {written} trial runs written to MLflow, {kept} already "
-          f"there; {mended} ledger rows mended from Optuna")
-    return 0
-
-
-def _cmd_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on the local store: this process becomes `mlflow server`.
-
-    Exec rather than a child process, so that a stop signal reaches the server itself.
-    """
-    import os
-
-    from regsearch.recorders.mlflow import artifact_root
-    from regsearch.storage import expand_home
-
-    store = expand_home(args.mlflow)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-               "--host", args.host, "--port", str(args.port)]
-    root = artifact_root(store)
-    if root:
-        command += ["--default-artifact-root", root]
-    print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr,
-          flush=True)
-    # One local viewer needs neither several workers nor MLflow's job runner; both slow start-up.
-    os.environ.setdefault("MLFLOW_WORKERS", "1")
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    os.execv(sys.executable, command)
-
-
-def _cmd_best(args: argparse.Namespace) -> int:
-    from regsearch import report
-
-    # Read-only: never creates a database.
-    url = _where(args)["storage"] or DEFAULT_STORAGE
-    study = report.load_study(args.name, url)
-    print(report.render(report.study_summary(study, url, top=args.top), args.format))
-    return 0
-
-
-def _cmd_confirm(args: argparse.Namespace) -> int:
-    """Confirm an existing study, with its own spec as the ledger keeps it."""
-    from dataclasses import replace
-
-    from regsearch import driver, report
-    from regsearch.spec import ConfirmSpec
-    from regsearch.trainers import make_trainer
-
-    where = _where(args)
-    url = where["storage"] or DEFAULT_STORAGE
-    spec = report.stored_spec(args.name, url)
-    settings = spec.confirm or ConfirmSpec()
-    settings = replace(settings, **{k: v for k, v in (("top", args.top), ("seeds", args.seeds))
-                                    if v is not None})
-    spec = replace(spec, confirm=settings)
-    run = opening.open_run(spec, storage=url, mlflow=where["mlflow"])
-    driver.confirm_only(run, make_trainer(run))
-    print(report.render(report.study_summary(run.study, url), "table"))
-    return 0
 
 
 FORMATS = ("table", "json", "yaml")
@@ -250,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks of errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+    subcommands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", parents=[common], help="run (or continue) a study")
+    run = subcommands.add_parser("run", parents=[common], help="run (or continue) a study")
     run.add_argument("study", help="study file, e.g. studies/digits-quick.yaml")
     run.add_argument("--trials", type=_field("search.n_trials"),
                      help="total trial budget of the study")
@@ -264,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int,
                      help="worker processes on this machine (a server database for more than 1)")
     run.add_argument("--gpus", metavar="all|0,2,3", help="one worker per GPU")
-    run.set_defaults(handler=_cmd_run)
+    run.set_defaults(handler=commands.run_command)
 
     where = _Parser(add_help=False)
     where.add_argument("study", help="study file")
@@ -274,51 +89,51 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "$REGSEARCH_MLFLOW, else the study file's)")
     where.add_argument("--trials", type=_field("search.n_trials"),
                        help="total trial budget of the study")
-    init = commands.add_parser("init", parents=[common, where],
+    init = subcommands.add_parser("init", parents=[common, where],
                                help="create the study, its tables and MLflow experiment; once")
-    init.set_defaults(handler=_cmd_init)
-    worker = commands.add_parser("worker", parents=[common, where],
+    init.set_defaults(handler=commands.init_command)
+    worker = subcommands.add_parser("worker", parents=[common, where],
                                  help="join an existing study and train until its budget is spent")
     worker.add_argument("--timeout", type=_field("search.timeout"),
                         help="stop starting trials after S seconds")
     worker.add_argument("--claim-gpu", metavar="DIR",
                         help="take one GPU no other worker of this host holds, through lock "
                              "files in DIR (a directory the workers share)")
-    worker.set_defaults(handler=_cmd_worker)
+    worker.set_defaults(handler=commands.worker_command)
 
-    sync = commands.add_parser("sync", parents=[common],
+    sync = subcommands.add_parser("sync", parents=[common],
                                help="write trials MLflow is missing from the ledger")
     sync.add_argument("name", help="study name")
     sync.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
     sync.add_argument("--mlflow", metavar="URI",
                       help=f"default $REGSEARCH_MLFLOW, else {DEFAULT_TRACKING_URI}")
-    sync.set_defaults(handler=_cmd_sync)
+    sync.set_defaults(handler=commands.sync_command)
 
-    ui = commands.add_parser("ui", parents=[common], help="serve the MLflow UI for the studies")
+    ui = subcommands.add_parser("ui", parents=[common], help="serve the MLflow UI for the studies")
     ui.add_argument("--mlflow", metavar="URI", default=DEFAULT_TRACKING_URI,
                     help=f"backend store, default {DEFAULT_TRACKING_URI}")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(handler=_cmd_ui)
+    ui.set_defaults(handler=commands.ui_command)
 
-    validate = commands.add_parser("validate", parents=[common],
+    validate = subcommands.add_parser("validate", parents=[common],
                                    help="check a study file and its data; writes nothing")
     validate.add_argument("study")
-    validate.set_defaults(handler=_cmd_validate)
+    validate.set_defaults(handler=commands.validate_command)
 
-    schema = commands.add_parser("schema", parents=[common],
+    schema = subcommands.add_parser("schema", parents=[common],
                                  help="print the JSON Schema of study files (for editors)")
-    schema.set_defaults(handler=_cmd_schema)
+    schema.set_defaults(handler=commands.schema_command)
 
-    best = commands.add_parser("best", parents=[common], help="show a study's best config")
+    best = subcommands.add_parser("best", parents=[common], help="show a study's best config")
     best.add_argument("name", help="study name (the `name:` of its study file)")
     best.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
     best.set_defaults(mlflow=None)
     best.add_argument("--format", choices=FORMATS, default="table")
     best.add_argument("--top", type=_positive_int, default=5, help="rows in the leaderboard")
-    best.set_defaults(handler=_cmd_best)
+    best.set_defaults(handler=commands.best_command)
 
-    confirm = commands.add_parser("confirm", parents=[common],
+    confirm = subcommands.add_parser("confirm", parents=[common],
                                   help="train a study's top configurations and the default "
                                        "again over fresh seeds")
     confirm.add_argument("name", help="study name")
@@ -329,8 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: the study file's, 5)")
     confirm.add_argument("--seeds", type=_at_least_two, help="fresh seeds per configuration "
                                                             "(default: the study file's, 5)")
-    confirm.set_defaults(handler=_cmd_confirm)
+    confirm.set_defaults(handler=commands.confirm_command)
+
+    export = subcommands.add_parser(
+        "export", parents=[common],
+        help="export a study's best configuration: a config file, Python code, a trained "
+             ".keras model, or an MLflow model")
+    export.add_argument("name", help="study name")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                        help="yaml/json: the whole configuration; python: standalone Keras "
+                             "code; keras: retrained, raw features in; mlflow: that model in "
+                             "the study's MLflow parent run")
+    export.add_argument("--out", type=Path, metavar="PATH",
+                        help="file to write (yaml/json/python: default stdout; keras: default "
+                             "NAME.keras, with the configuration and refit scores in NAME.json)")
+    export.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
+    export.add_argument("--mlflow", metavar="URI", help="mlflow: default $REGSEARCH_MLFLOW, "
+                                                        "else the study's own")
+    export.add_argument("--trial", type=_trial_number, help="export this trial instead of the "
+                                                            "reported best")
+    export.add_argument("--refit", choices=("train", "train+val"), default="train",
+                        help="keras/mlflow: retrain on the training rows (default) or on "
+                             "training + validation rows, for the best epoch count")
+    export.add_argument("--register", metavar="MODEL_NAME",
+                        help="mlflow: register the model as a new version of MODEL_NAME")
+    export.add_argument("--force", action="store_true", help="replace an existing --out file")
+    export.set_defaults(handler=commands.export_command)
     return parser
+
+
+def _trial_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"trial numbers start at 0, got {value}")
+    return value
 
 
 def _at_least_two(text: str) -> int:

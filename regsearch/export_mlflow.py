@@ -1,0 +1,80 @@
+"""`export --format mlflow`: the refit model logged to the study's MLflow parent run, and
+registered as a new model version when asked."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from regsearch.exports import Chosen, ExportError, versions
+from regsearch.storage import mask_url
+
+if TYPE_CHECKING:
+    from regsearch.data import Dataset
+    from regsearch.refit import Refit
+
+#: Tags of a registered version: which study and trial it came from.
+STUDY_TAG, TRIAL_TAG, HASH_TAG = "regsearch.study", "regsearch.trial", "regsearch.spec_hash"
+
+
+def log_model(chosen: Chosen, done: Refit, doc: dict[str, Any], data: Dataset, *,
+              storage_url: str, tracking_uri: str,
+              register: str | None) -> tuple[str, str | None]:
+    """(the logged model's URI, "NAME version N" when registered)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from regsearch.recorders.ledger import Ledger
+    from regsearch.recorders.mlflow import MlflowWriter
+    from regsearch.recorders.mlflow_process import problem_line
+    from regsearch.refit import raw_features
+    from regsearch.trainers.keras import predict
+
+    name = chosen.spec.name
+    ledger = Ledger(storage_url)
+    try:
+        info = ledger.study_info(name)
+    finally:
+        ledger.engine.dispose()
+    assert info is not None  # `choose` found the study
+    example = raw_features(data, data.x_val[:5])
+    trial = "default" if chosen.trial is None else str(chosen.trial)
+    pinned = [f"{package}=={version}" for package, version in
+              (("keras", versions()["keras"]), ("tensorflow", versions()["tensorflow"]))
+              if version]
+    try:
+        writer = MlflowWriter(tracking_uri)
+        experiment_id = writer.experiment(name, chosen.uid)
+        parent_id = writer.parent_run(experiment_id, info, storage_url)
+        mlflow.set_tracking_uri(tracking_uri)
+        artifact = f"model_{'default' if chosen.trial is None else f'trial_{trial}'}"
+        with tempfile.TemporaryDirectory() as folder:
+            # saved first, then logged: `log_model` writes the input example before the
+            # model's folder exists
+            local = Path(folder) / artifact
+            local.mkdir()
+            mlflow.keras.save_model(done.model, str(local), input_example=example,
+                                    pip_requirements=pinned,
+                                    signature=infer_signature(example, predict(done.model,
+                                                                               example)))
+            with mlflow.start_run(run_id=parent_id):
+                mlflow.log_artifacts(str(local), artifact)
+                mlflow.log_dict(doc, f"{artifact}_configuration.json")
+                mlflow.log_metrics({f"refit_{part}_{chosen.metric}": value
+                                    for part, value in (("validation", done.validation),
+                                                        ("test", done.test))
+                                    if value is not None})
+                mlflow.set_tags({"regsearch.exported_trial": trial,
+                                 "regsearch.export_refit": done.rows})
+        uri = f"runs:/{parent_id}/{artifact}"
+        if register is None:
+            return uri, None
+        tags = {STUDY_TAG: name, TRIAL_TAG: trial, HASH_TAG: chosen.spec.spec_hash}
+        version = mlflow.register_model(uri, register, tags=tags).version
+        return uri, f"{register} version {version}"
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a store or server fault: one line
+        raise ExportError(f"MLflow at {mask_url(tracking_uri)} failed while logging the model "
+                          f"({problem_line(exc)})") from None
