@@ -17,6 +17,7 @@ _EXPORTS = {
     "load": "regsearch.api",
     "StudyResult": "regsearch.api",
     "export": "regsearch.api",
+    "report": "regsearch.api",
     "load_spec": "regsearch.study_file",
     "parse_spec": "regsearch.study_file",
     "StudySpec": "regsearch.spec",
@@ -27,7 +28,7 @@ _EXPORTS = {
     "open_run": "regsearch.opening",
     "run_study": "regsearch.driver",
     "make_trainer": "regsearch.trainers",
-    "summarize": "regsearch.report",
+    "summarize": "regsearch.results",
     "RegsearchError": "regsearch.errors",
 }
 __all__ = sorted(_EXPORTS)

@@ -19,6 +19,7 @@ from regsearch.study_file import check_field
 
 if TYPE_CHECKING:
     from regsearch.exports import Exported
+    from regsearch.study_report import Report as StudyReport
 
 StudyInput = str | Path | StudySpec | dict[str, Any]
 
@@ -60,9 +61,9 @@ class StudyResult:
 
     def render(self, fmt: str = "table") -> str:
         """As `regsearch best` prints it: "table", "json" or "yaml"."""
-        from regsearch import report
+        from regsearch import results
 
-        return report.render(self.summary, fmt)
+        return results.render(self.summary, fmt)
 
 
 def search(study: StudyInput, *, trials: int | None = None, timeout: float | None = None,
@@ -75,7 +76,7 @@ def search(study: StudyInput, *, trials: int | None = None, timeout: float | Non
     `timeout`, `storage` and `mlflow` override the study's and are checked as its fields
     are (a `SpecError` names the argument and the rule).
     """
-    from regsearch import driver, opening, report
+    from regsearch import driver, opening, results
     from regsearch.trainers import make_trainer
 
     spec = _spec(study)
@@ -86,7 +87,7 @@ def search(study: StudyInput, *, trials: int | None = None, timeout: float | Non
                            storage=checked["storage"], mlflow=checked["mlflow"])
     try:
         driver.run_study(run, make_trainer(run))
-        summary = report.study_summary(run.study, run.storage_url)
+        summary = results.study_summary(run.study, run.storage_url)
     finally:
         opening.close_run(run)
     return StudyResult.from_summary(summary)
@@ -94,14 +95,14 @@ def search(study: StudyInput, *, trials: int | None = None, timeout: float | Non
 
 def load(name: str, *, storage: str = DEFAULT_STORAGE, top: int = 5) -> StudyResult:
     """An existing study's answer, read only (nothing is created or changed)."""
-    from regsearch import report
+    from regsearch import results
     from regsearch.storage import open_storage
 
     url = _checked("load", "storage", storage)
     rdb = open_storage(url, must_exist=True)
     try:
-        study = report.load_study(name, url, storage=rdb)
-        return StudyResult.from_summary(report.study_summary(study, url, top=top))
+        study = results.load_study(name, url, storage=rdb)
+        return StudyResult.from_summary(results.study_summary(study, url, top=top))
     finally:
         rdb.engine.dispose()
 
@@ -121,6 +122,24 @@ def export(name: str, format: str, *, out: str | Path | None = None,
     return exports.export(name, format, storage_url=url, out=Path(out) if out else None,
                           trial=trial, rows=refit, force=force, tracking_uri=tracking,
                           register=register)
+
+
+def report(name: str, *, out: str | Path | None = None, storage: str = DEFAULT_STORAGE,
+           mlflow: str | bool | None = None) -> StudyReport:
+    """Draw a study's report as `regsearch report` does: `out`/report.html (default
+    reports/NAME) and a PNG per figure, logged to the study's MLflow parent run (`mlflow`:
+    a tracking URI, None for the study's own, False for none)."""
+    from regsearch import results, study_report
+
+    url = _checked("report", "storage", storage)
+    tracking: str | None = None
+    if isinstance(mlflow, str):
+        tracking = _checked("report", "mlflow.tracking_uri", mlflow, "mlflow")
+    elif mlflow is None:
+        spec = results.stored_spec(name, url)
+        tracking = spec.mlflow.tracking_uri if spec.mlflow.enabled else None
+    return study_report.build(name, url, Path(out) if out else Path("reports") / name,
+                              tracking_uri=tracking)
 
 
 def _spec(study: StudyInput) -> StudySpec:

@@ -170,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mlflow: register the model as a new version of MODEL_NAME")
     export.add_argument("--force", action="store_true", help="replace an existing --out file")
     export.set_defaults(handler=commands.export_command)
+
+    report = subcommands.add_parser(
+        "report", parents=[common],
+        help="draw why the best won: one self-contained HTML file and PNGs, also logged to "
+             "the study's MLflow parent run")
+    report.add_argument("name", help="study name")
+    report.add_argument("--out", type=Path, metavar="DIR", help="default reports/NAME")
+    report.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
+    report.add_argument("--mlflow", metavar="URI", help="default $REGSEARCH_MLFLOW, else the "
+                                                        "study's own")
+    report.add_argument("--no-mlflow", action="store_true", help="write the files only")
+    report.set_defaults(handler=commands.report_command)
     return parser
 
 

@@ -54,7 +54,7 @@ def locations(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from regsearch import driver, report
+    from regsearch import driver, results
     from regsearch.progress import Progress
     from regsearch.study_file import load_spec
     from regsearch.trainers import make_trainer
@@ -78,8 +78,8 @@ def run_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     progress.close()
-    print(report.render(report.study_summary(run.study, run.storage_url), "table"))
-    report.raise_if_all_diverged(run.study, spec)
+    print(results.render(results.study_summary(run.study, run.storage_url), "table"))
+    results.raise_if_all_diverged(run.study, spec)
     return 0
 
 
@@ -168,12 +168,12 @@ def ui_command(args: argparse.Namespace) -> int:
 
 
 def best_command(args: argparse.Namespace) -> int:
-    from regsearch import report
+    from regsearch import results
 
     # Read-only: never creates a database.
     url = locations(args)["storage"] or DEFAULT_STORAGE
-    study = report.load_study(args.name, url)
-    print(report.render(report.study_summary(study, url, top=args.top), args.format))
+    study = results.load_study(args.name, url)
+    print(results.render(results.study_summary(study, url, top=args.top), args.format))
     return 0
 
 
@@ -208,18 +208,34 @@ def confirm_command(args: argparse.Namespace) -> int:
     """Confirm an existing study, with its own spec as the ledger keeps it."""
     from dataclasses import replace
 
-    from regsearch import driver, report
+    from regsearch import driver, results
     from regsearch.spec import ConfirmSpec
     from regsearch.trainers import make_trainer
 
     where = locations(args)
     url = where["storage"] or DEFAULT_STORAGE
-    spec = report.stored_spec(args.name, url)
+    spec = results.stored_spec(args.name, url)
     settings = spec.confirm or ConfirmSpec()
     settings = replace(settings, **{k: v for k, v in (("top", args.top), ("seeds", args.seeds))
                                     if v is not None})
     spec = replace(spec, confirm=settings)
     run = opening.open_run(spec, storage=url, mlflow=where["mlflow"])
     driver.confirm_only(run, make_trainer(run))
-    print(report.render(report.study_summary(run.study, url), "table"))
+    print(results.render(results.study_summary(run.study, url), "table"))
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from regsearch.api import report
+
+    where = locations(args)
+    done = report(args.name, out=args.out or Path("reports") / args.name,
+                  storage=where["storage"] or DEFAULT_STORAGE,
+                  mlflow=False if args.no_mlflow else where["mlflow"])
+    print(f"wrote {done.html} and {len(done.pngs)} figures as PNG in {done.html.parent}")
+    if done.mlflow_run:
+        print(f"logged them to the study's MLflow parent run {done.mlflow_run} (artifacts: "
+              "report/)")
     return 0

@@ -25,28 +25,19 @@ def log_model(chosen: Chosen, done: Refit, doc: dict[str, Any], data: Dataset, *
     import mlflow
     from mlflow.models import infer_signature
 
-    from regsearch.recorders.ledger import Ledger
-    from regsearch.recorders.mlflow import MlflowWriter
+    from regsearch.recorders.mlflow import open_parent
     from regsearch.recorders.mlflow_process import problem_line
     from regsearch.refit import raw_features
     from regsearch.trainers.keras import predict
 
     name = chosen.spec.name
-    ledger = Ledger(storage_url)
-    try:
-        info = ledger.study_info(name)
-    finally:
-        ledger.engine.dispose()
-    assert info is not None  # `choose` found the study
     example = raw_features(data, data.x_val[:5])
     trial = "default" if chosen.trial is None else str(chosen.trial)
     pinned = [f"{package}=={version}" for package, version in
               (("keras", versions()["keras"]), ("tensorflow", versions()["tensorflow"]))
               if version]
     try:
-        writer = MlflowWriter(tracking_uri)
-        experiment_id = writer.experiment(name, chosen.uid)
-        parent_id = writer.parent_run(experiment_id, info, storage_url)
+        _, _, parent_id = open_parent(name, storage_url, tracking_uri, chosen.uid)
         mlflow.set_tracking_uri(tracking_uri)
         artifact = f"model_{'default' if chosen.trial is None else f'trial_{trial}'}"
         with tempfile.TemporaryDirectory() as folder:

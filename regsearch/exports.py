@@ -53,13 +53,13 @@ class Chosen:
 
 def choose(name: str, storage_url: str, trial: int | None = None) -> Chosen:
     """The study's reported best (the confirmed one when it was confirmed), or `trial`."""
-    from regsearch import report
+    from regsearch import results
     from regsearch.opening import UID_ATTR
 
-    study = report.load_study(name, storage_url)
+    study = results.load_study(name, storage_url)
     uid = study.user_attrs.get(UID_ATTR)
-    spec = report.stored_spec(name, storage_url)
-    summary = report.study_summary(study, storage_url, top=1)
+    spec = results.stored_spec(name, storage_url)
+    summary = results.study_summary(study, storage_url, top=1)
     metric, direction = summary["metric"], summary["direction"]
     task = summary["model"]["task"]
     if trial is not None:

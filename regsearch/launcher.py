@@ -151,15 +151,15 @@ def _supervise(run: opening.StudyRun, procs: list[subprocess.Popen]) -> int:
 
 def _summary(run: opening.StudyRun) -> None:
     """The study's result, as a single-process run prints it."""
-    from regsearch import report
+    from regsearch import results
 
     try:
-        summary = report.study_summary(run.study, run.storage_url)
+        summary = results.study_summary(run.study, run.storage_url)
     except Exception as exc:  # noqa: BLE001 - `regsearch best` shows it later
         log.warning("cannot read the result (%s); run `regsearch best %s`",
                     mask_url(str(exc)), run.spec.name)
         return
-    print(report.render(summary, "table"), flush=True)
+    print(results.render(summary, "table"), flush=True)
     if run.spec.confirm is not None and summary["confirmation"] is None:
         print(f"regsearch: the confirmation did not finish; run `regsearch confirm "
               f"{run.spec.name}` to complete it", file=sys.stderr)

@@ -57,7 +57,7 @@ def reconcile(name: str, storage_url: str, tracking_uri: str | None, *,
     own process."""
     from regsearch.opening import UID_ATTR
     from regsearch.recorders.ledger import Ledger
-    from regsearch.report import load_study
+    from regsearch.results import load_study
 
     study = load_study(name, storage_url)
     ledger = Ledger(storage_url)

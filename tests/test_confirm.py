@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from regsearch import confirm, driver, opening, report
+from regsearch import confirm, driver, opening, results
 from regsearch.progress import Progress
 from regsearch.recorders.confirmations import Confirmations
 from regsearch.states import State
@@ -110,7 +110,7 @@ def test_tied_objectives_are_ranked_by_validation_loss_everywhere(make_spec) -> 
                                       (0.80, 0.05)), [Progress(stream=shown)])
     assert run.study.trials[0].user_attrs.get(opening.DEFAULT_ATTR) is True  # the yardstick
     assert run.study.metric_names == ["accuracy"]
-    summary = report.study_summary(run.study, run.storage_url)
+    summary = results.study_summary(run.study, run.storage_url)
     assert [row["trial"] for row in summary["top"][:3]] == [2, 3, 1]
     assert summary["best"]["trial"] == 2
     assert shown.getvalue().splitlines()[-1].endswith("best accuracy=0.9500 (#2)")
@@ -163,7 +163,7 @@ def test_confirmation_records_each_run_once_and_names_the_best(make_spec, tmp_pa
     runs = mlflow_runs(run.spec.mlflow.tracking_uri, "confirmed", "confirmation")
     assert len(runs) == len(rows) and {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(r.info.run_id for r in runs) == sorted(r.mlflow_run_id for r in rows)
-    summary = report.study_summary(run.study, run.storage_url)
+    summary = results.study_summary(run.study, run.storage_url)
     best, table = summary["best"], summary["confirmation"]["configurations"]
     assert best["source"] == "confirmation" and best["confirmed"] == table[0]
     means = [row["score"]["mean"] for row in table]
@@ -174,7 +174,7 @@ def test_confirmation_records_each_run_once_and_names_the_best(make_spec, tmp_pa
     [parent] = mlflow_runs(run.spec.mlflow.tracking_uri, "confirmed", "parent")
     assert parent.data.tags["best.source"] == "confirmation"
     assert float(parent.data.tags["best.mean"]) == pytest.approx(best["value"])
-    assert "verdict:" in report.render(summary, "table")
+    assert "verdict:" in results.render(summary, "table")
 
 
 def rows_key(row: dict[str, Any]) -> str:
@@ -274,7 +274,7 @@ def test_on_the_breast_cancer_study_the_best_is_not_a_near_chance_model(tmp_path
     raw.update(storage=f"sqlite:///{tmp_path / 's.db'}", mlflow={"enabled": False})
     run = opening.open_run(parse_spec(raw, source=path.name, base=path.parent))
     driver.run_study(run, make_trainer(run))
-    summary = report.study_summary(run.study, run.storage_url)
+    summary = results.study_summary(run.study, run.storage_url)
     assert summary["search_best"]["val_loss"] < 0.3, summary["search_best"]
     assert summary["best"]["source"] == "confirmation"
     assert summary["best"]["val_loss"] < 0.3 and summary["best"]["value"] > 0.98, summary["best"]
@@ -307,6 +307,6 @@ def test_best_warns_about_the_best_epochs_place_in_the_curve(make_spec, curve: l
                      mlflow={"enabled": False})
     run = opening.open_run(spec)
     driver.run_study(run, CurveTrainer(curve))
-    summary = report.study_summary(run.study, run.storage_url)
+    summary = results.study_summary(run.study, run.storage_url)
     assert summary["warnings"] == [warning]
-    assert f"warning: {warning}" in report.render(summary, "table")
+    assert f"warning: {warning}" in results.render(summary, "table")

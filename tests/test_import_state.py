@@ -18,7 +18,7 @@ def snapshot():
             list(logging.getLogger("regsearch").handlers), logging.getLogger("regsearch").propagate)
 
 before = snapshot()
-import regsearch, regsearch.cli, regsearch.driver, regsearch.launcher, regsearch.report
+import regsearch, regsearch.cli, regsearch.driver, regsearch.launcher, regsearch.results
 import regsearch.confirm, regsearch.recorders.mlflow, regsearch.recorders.mlflow_live
 import regsearch.trainers
 after = snapshot()

@@ -134,3 +134,53 @@ def test_ui_shows_the_study_run_and_its_trial_runs(make_spec, tmp_path: Path) ->
         keep.mkdir(parents=True, exist_ok=True)
         for png in ("experiment.png", "experiment-nested.png"):
             shutil.copy(tmp_path / png, keep / png)
+
+
+def _drawn(png: Path, colour: tuple[int, int, int], tolerance: int) -> int:
+    """How many pixels of the screenshot have this figure colour."""
+    import matplotlib.image
+    import numpy as np
+
+    pixels = matplotlib.image.imread(png)[:, :, :3] * 255
+    return int(np.all(np.abs(pixels - np.array(colour)) <= tolerance, axis=-1).sum())
+
+
+def test_ui_opens_the_study_report_from_the_parent_runs_artifacts(make_spec,
+                                                                  tmp_path: Path) -> None:
+    import regsearch
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(mlflow={"tracking_uri": uri}, search={"n_trials": 6, "pruner": "none"},
+                     space={"regularizers": ["l1", "l1_l2"]})
+    regsearch.search(spec)
+    done = regsearch.report(spec.name, out=tmp_path / "report", storage=spec.storage)
+    assert done.mlflow_run is not None
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name(spec.name).experiment_id
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "ui.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "regsearch", "ui", "--mlflow", uri, "--host", "127.0.0.1",
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        _wait_until_up(f"{base}/health", server, log)
+        page = (f"{base}/#/experiments/{experiment_id}/runs/{done.mlflow_run}/artifacts/"
+                "report/report.html")
+        dom = render(page, tmp_path / "report-in-mlflow.png", window=(1600, 2400))
+    finally:
+        _stop(server)
+    assert 'class="mlflow-html-iframe"' in dom  # MLflow shows the HTML artifact inline
+    assert "report/report.html" in page_text(dom)
+    # the report's figures are drawn inside it: tab10 blue (l1) and green (l1_l2) points;
+    # MLflow's own blue (#2272b4) is 3-5 off the figures', hence the tight tolerance
+    shot = tmp_path / "report-in-mlflow.png"
+    assert _drawn(shot, (0x1F, 0x77, 0xB4), 2) > 20
+    assert _drawn(shot, (0x2C, 0xA0, 0x2C), 12) > 20
+    if os.environ.get("REGSEARCH_SCREENSHOT_DIR"):
+        keep = Path(os.environ["REGSEARCH_SCREENSHOT_DIR"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep / "report-in-mlflow.png")

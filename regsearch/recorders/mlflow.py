@@ -406,3 +406,39 @@ def sync_study(name: str, storage_url: str, tracking_uri: str, *, uid: str | Non
         writer.set_best(parent_id, best, info["metric"], info["direction"], settle=True)
     writer.end_parent(experiment_id, parent_id)
     return written, kept
+
+
+def open_parent(name: str, storage_url: str, tracking_uri: str,
+                uid: str | None) -> tuple[MlflowWriter, str, str]:
+    """For writes after the search (`export`, `report`): the writer, the study's experiment
+    and its parent run, made if missing (a study recorded with MLflow off)."""
+    from regsearch.errors import RegsearchError
+
+    ledger = Ledger(storage_url)
+    try:
+        info = ledger.study_info(name)
+    finally:
+        ledger.engine.dispose()
+    if info is None:
+        raise RegsearchError(f"no study named {name!r} in the ledger at {mask_url(storage_url)}")
+    writer = MlflowWriter(tracking_uri)
+    experiment_id = writer.experiment(name, uid)
+    return writer, experiment_id, writer.parent_run(experiment_id, info, storage_url)
+
+
+def log_to_parent(name: str, storage_url: str, tracking_uri: str, uid: str | None,
+                  paths: Iterable[Path], folder: str) -> str:
+    """Files as artifacts of the study's parent run, under `folder`; returns the run's id."""
+    from regsearch.errors import RegsearchError
+
+    try:
+        writer, experiment_id, parent_id = open_parent(name, storage_url, tracking_uri, uid)
+        for path in paths:
+            writer.client.log_artifact(parent_id, str(path), folder)
+        writer.end_parent(experiment_id, parent_id)
+    except RegsearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any fault of the store or server: one line
+        raise RegsearchError(f"MLflow at {mask_url(tracking_uri)} failed while logging "
+                             f"{folder} ({problem_line(exc)})") from None
+    return parent_id

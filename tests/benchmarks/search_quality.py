@@ -118,7 +118,7 @@ def split(raw: dict[str, Any]) -> tuple[Any, Any]:
 
 def regsearch_contestant(raw: dict[str, Any], budget: float) -> list[dict[str, Any]]:
     """A regsearch search with its timeout, then its confirmation: two answers."""
-    from regsearch import driver, opening, report
+    from regsearch import driver, opening, results
     from regsearch.space import RegConfig
     from regsearch.trainers import make_trainer
 
@@ -127,7 +127,7 @@ def regsearch_contestant(raw: dict[str, Any], budget: float) -> list[dict[str, A
     spec, _ = split(raw)
     run = opening.open_run(spec)
     driver.run_study(run, make_trainer(run))
-    summary = report.study_summary(run.study, run.storage_url)
+    summary = results.study_summary(run.study, run.storage_url)
     single = summary.get("search_best") or summary["best"]
     answers = [{"answer": "single-seed best", "config": single["config"],
                 "reported": single["value"], "trials": len(run.study.trials)}]

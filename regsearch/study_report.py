@@ -1,0 +1,338 @@
+"""`regsearch report`: why the best won, in pictures, as one self-contained HTML file.
+
+Figures are drawn with matplotlib from the ledger (every trial, its epochs and its
+confirmation runs) and Optuna's own plotting code where it has one; each is also written
+as a PNG. The HTML embeds them, so it opens offline from a file.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from regsearch.errors import RegsearchError
+from regsearch.objective import BOUNDED_METRICS
+from regsearch.states import State
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from regsearch.recorders.ledger import TrialRecord
+
+#: Colours of the regularizer types, the same in every figure.
+COLOURS = {"none": "#7f7f7f", "l1": "#1f77b4", "l2": "#d62728", "l1_l2": "#2ca02c"}
+
+
+@dataclass
+class Drawn:
+    """A figure and what it plots (what the tests and the captions read)."""
+
+    name: str
+    title: str
+    figure: Figure | None
+    note: str = ""  # why a figure is missing or what it aggregates
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    band: tuple[float, float] | None = None  # the default's score, low to high
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `regsearch report` wrote, and where it logged it."""
+
+    html: Path
+    pngs: tuple[Path, ...]
+    figures: tuple[Drawn, ...]
+    mlflow_run: str | None = None  # the parent run holding them as artifacts
+
+
+def strength(record: TrialRecord) -> float | None:
+    """One strength per trial for the path: its L1 or L2 factor, for l1_l2 their geometric
+    mean (both are searched on the same log range)."""
+    l1, l2 = record.config.effective()
+    if record.config.regularizer == "l1_l2":
+        return math.sqrt(l1 * l2) if l1 > 0 and l2 > 0 else None
+    return l1 or l2 or None
+
+
+def build(name: str, storage_url: str, out: Path, *,
+          tracking_uri: str | None = None) -> Report:
+    """Write `out`/report.html and one PNG per figure, and log them to the study's MLflow
+    parent run when `tracking_uri` is given; returns what was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from regsearch import results
+    from regsearch.opening import UID_ATTR
+    from regsearch.recorders.ledger import Ledger
+    from regsearch.report_page import page
+
+    study = results.load_study(name, storage_url)
+    summary = results.study_summary(study, storage_url, top=5)
+    ledger = Ledger(storage_url)
+    try:
+        records = list(ledger.records(name))
+        info = ledger.study_info(name) or {"spec": {}}
+    finally:
+        ledger.engine.dispose()
+    finished = [r for r in records if r.state in (State.COMPLETE, State.PRUNED)
+                and r.value is not None and math.isfinite(r.value)]
+    if not finished:
+        raise RegsearchError(f"study {name!r} has no complete or pruned trial to draw "
+                             f"({len(records)} failed or running); run it first")
+    metric = summary["metric"]
+    drawn = [_path(finished, summary, metric), _dropout(finished, metric),
+             _sparsity(finished), _curves(records, summary), _history(study, metric),
+             _importance(finished, study, metric), _confirmation(summary, metric)]
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    try:
+        for figure in drawn:
+            if figure.figure is not None:
+                path = out / f"{figure.name}.png"
+                figure.figure.savefig(path, dpi=110, bbox_inches="tight")
+                pngs.append(path)
+        html_path = out / "report.html"
+        html_path.write_text(page(summary, info, records, drawn,
+                                  results.render(summary, "table")), encoding="utf-8")
+    finally:
+        plt.close("all")
+    run_id = None
+    if tracking_uri:
+        from regsearch.recorders.mlflow import log_to_parent
+
+        run_id = log_to_parent(name, storage_url, tracking_uri, study.user_attrs.get(UID_ATTR),
+                               [html_path, *pngs], "report")
+    return Report(html_path, tuple(pngs), tuple(drawn), run_id)
+
+
+def _units(metric: str) -> str:
+    return f"{metric} (0-1, higher is better)" if metric in BOUNDED_METRICS else metric
+
+
+def _default_band(summary: dict[str, Any]) -> tuple[float, float] | None:
+    """The default's confirmed mean ± sd, or its single-seed score."""
+    confirmation = summary.get("confirmation")
+    if confirmation:
+        for row in confirmation["configurations"]:
+            if row["default"]:
+                score = row["score"]
+                return score["mean"] - score["sd"], score["mean"] + score["sd"]
+    default = summary.get("default")
+    return (default["value"], default["value"]) if default else None
+
+
+def _new(title: str, *, rows: int = 1) -> tuple[Figure, Any]:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(rows, 1, figsize=(7.5, 3.6 * rows), squeeze=False)
+    figure.suptitle(title)
+    return figure, axes[:, 0]
+
+
+def _path(finished: list[TrialRecord], summary: dict[str, Any], metric: str) -> Drawn:
+    title = "Regularization path: the objective against strength"
+    drawn = Drawn("regularization_path", title, None, band=_default_band(summary))
+    for record in finished:
+        x = strength(record)
+        if x is not None:
+            drawn.series.setdefault(record.config.regularizer, []).append((x, record.value or 0))
+    if not drawn.series:
+        drawn.note = "no trial with a regularizer: nothing to draw against strength"
+        return drawn
+    figure, (top, bottom) = _new(title, rows=2)
+    for kind in sorted(drawn.series):
+        records = [r for r in finished if r.config.regularizer == kind and strength(r)]
+        for state, filled in ((State.COMPLETE, True), (State.PRUNED, False)):
+            chosen = [r for r in records if r.state == state]
+            if not chosen:
+                continue
+            style = {"color": COLOURS[kind], "s": 22,
+                     "facecolors": COLOURS[kind] if filled else "none",
+                     "label": f"{kind} ({state})"}
+            top.scatter([strength(r) for r in chosen], [r.value for r in chosen], **style)
+            loss = [(strength(r), r.summary.get("val_loss")) for r in chosen
+                    if r.summary.get("val_loss") is not None]
+            bottom.scatter([p[0] for p in loss], [p[1] for p in loss], **style)
+    if drawn.band is not None:
+        low, high = drawn.band
+        top.axhspan(low, high if high > low else low + 1e-9, color="#999999", alpha=0.3,
+                    label="default (no regularizer)")
+        top.axhline((low + high) / 2, color="#555555", linewidth=1)
+    for axis, label in ((top, _units(metric)), (bottom, "validation data loss")):
+        axis.set_xscale("log")
+        axis.set_xlabel("strength (l1_l2: geometric mean of L1 and L2)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    top.legend(fontsize=7, loc="best")
+    drawn.figure = figure
+    return drawn
+
+
+def _dropout(finished: list[TrialRecord], metric: str) -> Drawn:
+    title = "The objective against the dropout rate"
+    figure, (axis,) = _new(title)
+    drawn = Drawn("dropout", title, figure)
+    for record in finished:
+        drawn.series.setdefault(record.config.regularizer, []).append(
+            (record.config.dropout, record.value or 0))
+    for kind, points in sorted(drawn.series.items()):
+        axis.scatter([p[0] for p in points], [p[1] for p in points], s=18,
+                     color=COLOURS[kind], label=kind)
+    axis.set_xlabel("dropout rate")
+    axis.set_ylabel(_units(metric))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, title="regularizer")
+    return drawn
+
+
+def _sparsity(finished: list[TrialRecord]) -> Drawn:
+    title = "Sparsity: the share of near-zero weights against L1 strength"
+    drawn = Drawn("sparsity", title, None)
+    for record in finished:
+        l1 = record.config.effective()[0]
+        share = record.summary.get("near_zero_share")
+        if l1 > 0 and share is not None:
+            drawn.series.setdefault(record.config.regularizer, []).append((l1, float(share)))
+    if not drawn.series:
+        drawn.note = "no trial with an L1 factor: the study searched no l1 or l1_l2"
+        return drawn
+    figure, (axis,) = _new(title)
+    for kind, points in sorted(drawn.series.items()):
+        axis.scatter([p[0] for p in points], [p[1] for p in points], s=18,
+                     color=COLOURS[kind], label=kind)
+    axis.set_xscale("log")
+    axis.set_xlabel("L1 factor")
+    axis.set_ylabel("share of hidden weights near zero")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    drawn.figure = figure
+    return drawn
+
+
+def _curves(records: list[TrialRecord], summary: dict[str, Any]) -> Drawn:
+    title = "Learning curves: the top configurations and the default"
+    wanted = [row["trial"] for row in summary["top"]]
+    if summary.get("default") is not None:
+        wanted.append(summary["default"]["trial"])
+    by_number = {r.number: r for r in records}
+    shown = [by_number[n] for n in dict.fromkeys(wanted) if n in by_number
+             and by_number[n].epochs]
+    drawn = Drawn("learning_curves", title, None)
+    if not shown:
+        drawn.note = "no trial has recorded epochs"
+        return drawn
+    figure, (axis,) = _new(title)
+    for record in shown:
+        epochs = [e.epoch for e in record.epochs]
+        colour = COLOURS[record.config.regularizer]
+        label = f"#{record.number} {record.config.regularizer}"
+        axis.plot(epochs, [e.val_loss for e in record.epochs], color=colour, label=label)
+        axis.plot(epochs, [e.train_loss for e in record.epochs], color=colour,
+                  linestyle=":", alpha=0.7)
+        drawn.series[label] = [(float(e.epoch), float(e.val_loss)) for e in record.epochs]
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("data loss (solid: validation, dotted: training)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    drawn.figure = figure
+    return drawn
+
+
+def _history(study: Any, metric: str) -> Drawn:
+    """Optuna's own optimization-history plot."""
+    import warnings
+
+    import optuna
+
+    title = "Optimization history (Optuna)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axis = optuna.visualization.matplotlib.plot_optimization_history(
+            study, target_name=metric)
+    figure = typing.cast("Figure", axis.figure)
+    figure.set_size_inches(7.5, 3.6)
+    return Drawn("history", title, figure)
+
+
+#: Trials an importance estimate uses at most; more are sampled (and the figure says so).
+IMPORTANCE_TRIALS = 2000
+
+
+def _importance(finished: list[TrialRecord], study: Any, metric: str) -> Drawn:
+    """Optuna's parameter importances over one log-strength axis (l1 and l2 are separate
+    conditional parameters in the study, which would split a strength's importance)."""
+    import random
+    import warnings
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    title = "Parameter importances (Optuna, fANOVA), strength on one log axis"
+    drawn = Drawn("importance", title, None)
+    complete = [r for r in finished if r.state == State.COMPLETE]
+    if len(complete) < 2:
+        drawn.note = "fewer than two complete trials: no importance to estimate"
+        return drawn
+    if len(complete) > IMPORTANCE_TRIALS:
+        complete = random.Random(0).sample(complete, IMPORTANCE_TRIALS)
+        drawn.note = f"estimated on {IMPORTANCE_TRIALS} trials sampled at random"
+    strengths = [math.log10(x) for x in map(strength, complete) if x]
+    floor = min(strengths, default=-6.0)
+    kinds = sorted({r.config.regularizer for r in complete})
+    dropouts = [r.config.dropout for r in complete]
+    distributions = {
+        "regularizer": CategoricalDistribution(kinds),
+        "log10_strength": FloatDistribution(floor, max(strengths, default=floor) + 1e-9),
+        "dropout": FloatDistribution(min(dropouts), max(dropouts) + 1e-9)}
+    derived = optuna.create_study(direction=study.direction)
+    derived.add_trials([optuna.trial.create_trial(
+        params={"regularizer": r.config.regularizer, "dropout": r.config.dropout,
+                "log10_strength": math.log10(strength(r) or 10 ** floor)},
+        distributions=distributions, value=r.value) for r in complete])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axis = optuna.visualization.matplotlib.plot_param_importances(
+                derived, target_name=metric)
+    except (ValueError, RuntimeError) as exc:
+        drawn.note = f"Optuna could not estimate importances here ({exc})"
+        return drawn
+    figure = typing.cast("Figure", axis.figure)
+    figure.set_size_inches(7.5, 3.0)
+    drawn.figure = figure
+    drawn.note = " ".join(filter(None, [drawn.note, "a trial without a regularizer is placed "
+                                        "at the weakest strength tried"]))
+    return drawn
+
+
+def _confirmation(summary: dict[str, Any], metric: str) -> Drawn:
+    title = "Confirmation: each configuration's mean and 95 % interval over fresh seeds"
+    confirmation = summary.get("confirmation")
+    drawn = Drawn("confirmation", title, None)
+    if not confirmation:
+        drawn.note = "the study was not confirmed (`regsearch confirm NAME`)"
+        return drawn
+    rows = confirmation["configurations"]
+    figure, (axis,) = _new(title)
+    for index, row in enumerate(rows):
+        score = row["score"]
+        label = "default" if row["default"] else f"#{row['trial']}"
+        colour = COLOURS[row["config"]["regularizer"]]
+        axis.errorbar([score["mean"]], [index], xerr=[[score["mean"] - score["low"]],
+                                                     [score["high"] - score["mean"]]],
+                      fmt="o", color=colour, capsize=3)
+        if row["test"]:
+            axis.scatter([row["test"]["mean"]], [index], marker="x", color="black")
+        drawn.series[label] = [(score["low"], score["high"])]
+    axis.set_yticks(range(len(rows)),
+                    ["default" if r["default"] else f"#{r['trial']}" for r in rows])
+    axis.invert_yaxis()
+    axis.set_xlabel(f"{_units(metric)} (x: test mean)")
+    axis.grid(alpha=0.3)
+    drawn.figure = figure
+    return drawn
