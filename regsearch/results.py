@@ -26,8 +26,7 @@ def load_study(name: str, storage_url: str,
                storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """An existing study by name; a missing one is an error listing what is there."""
     storage = storage or open_storage(storage_url, must_exist=True)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(
-        storage, include_best_trial=False))
+    names = sorted(optuna.study.get_all_study_names(storage))
     if name not in names:
         there = ", ".join(names[:10]) if names else "none"
         raise RegsearchError(f"no study named {name!r} in {mask_url(storage_url)} "

@@ -71,11 +71,13 @@ def build(name: str, storage_url: str, out: Path, *,
     from regsearch.recorders.ledger import Ledger
     from regsearch.report_page import page
 
-    study = results.load_study(name, storage_url)
+    study = _in_memory(results.load_study(name, storage_url))
     summary = results.study_summary(study, storage_url, top=5)
     ledger = Ledger(storage_url)
     try:
-        records = list(ledger.records(name))
+        records = list(ledger.records(name, epochs=False))
+        shown = _curve_trials(summary)
+        with_epochs = {r.number: r for r in ledger.records(name, numbers=shown)}
         info = ledger.study_info(name) or {"spec": {}}
     finally:
         ledger.engine.dispose()
@@ -86,7 +88,7 @@ def build(name: str, storage_url: str, out: Path, *,
                              f"({len(records)} failed or running); run it first")
     metric = summary["metric"]
     drawn = [_path(finished, summary, metric), _dropout(finished, metric),
-             _sparsity(finished), _curves(records, summary), _history(study, metric),
+             _sparsity(finished), _curves(shown, with_epochs), _history(study, metric),
              _importance(finished, study, metric), _confirmation(summary, metric)]
     out.mkdir(parents=True, exist_ok=True)
     pngs = []
@@ -108,6 +110,18 @@ def build(name: str, storage_url: str, out: Path, *,
         run_id = log_to_parent(name, storage_url, tracking_uri, study.user_attrs.get(UID_ATTR),
                                [html_path, *pngs], "report")
     return Report(html_path, tuple(pngs), tuple(drawn), run_id)
+
+
+def _in_memory(study: Any) -> Any:
+    """A copy of the study in memory: its trials are read from the database once, not by
+    each figure (the bulk of a large study's report)."""
+    import optuna
+
+    copy = optuna.create_study(study_name=study.study_name, direction=study.direction)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    copy.add_trials(study.get_trials(deepcopy=False))
+    return copy
 
 
 def _units(metric: str) -> str:
@@ -214,14 +228,17 @@ def _sparsity(finished: list[TrialRecord]) -> Drawn:
     return drawn
 
 
-def _curves(records: list[TrialRecord], summary: dict[str, Any]) -> Drawn:
-    title = "Learning curves: the top configurations and the default"
+def _curve_trials(summary: dict[str, Any]) -> list[int]:
+    """The trials whose learning curves are drawn: the top ones and the default."""
     wanted = [row["trial"] for row in summary["top"]]
     if summary.get("default") is not None:
         wanted.append(summary["default"]["trial"])
-    by_number = {r.number: r for r in records}
-    shown = [by_number[n] for n in dict.fromkeys(wanted) if n in by_number
-             and by_number[n].epochs]
+    return list(dict.fromkeys(wanted))
+
+
+def _curves(numbers: list[int], by_number: dict[int, TrialRecord]) -> Drawn:
+    title = "Learning curves: the top configurations and the default"
+    shown = [by_number[n] for n in numbers if n in by_number and by_number[n].epochs]
     drawn = Drawn("learning_curves", title, None)
     if not shown:
         drawn.note = "no trial has recorded epochs"

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, UTC
 from typing import Any
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, noload, selectinload
 
 from regsearch.errors import StorageError
 from regsearch.states import State
@@ -272,11 +272,18 @@ class Ledger:
                     "data_description": row.data_description, "metric": row.metric,
                     "direction": row.direction}
 
-    def records(self, study_name: str, *, unsynced_only: bool = False) -> Iterator[TrialRecord]:
-        """Finished or running trials as records, in trial order."""
+    def records(self, study_name: str, *, unsynced_only: bool = False,
+                numbers: Collection[int] | None = None,
+                epochs: bool = True) -> Iterator[TrialRecord]:
+        """Finished or running trials as records, in trial order: all, or those `numbers`;
+        without their epochs unless `epochs` (the bulk of a large study)."""
         with Session(self.engine) as session:
             query = (sa.select(TrialRow).join(StudyRow).where(StudyRow.name == study_name)
-                     .order_by(TrialRow.number))
+                     .order_by(TrialRow.number)
+                     .options(selectinload(TrialRow.epochs) if epochs
+                              else noload(TrialRow.epochs), selectinload(TrialRow.members)))
+            if numbers is not None:
+                query = query.where(TrialRow.number.in_(list(numbers)))
             if unsynced_only:
                 query = query.where(TrialRow.mlflow_synced.is_(False))
             for row in session.scalars(query):

@@ -79,15 +79,29 @@ def fabricate(folder: Path, trials: int) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--keep", type=Path, help="write the study here and reuse it if there")
+    parser.add_argument("--profile", action="store_true", help="cProfile the drawing")
     args = parser.parse_args()
     from regsearch.study_report import build
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        name, storage = fabricate(Path(folder), args.trials)
+        if (folder / "scale.db").exists():
+            name, storage = "scale", f"sqlite:///{folder / 'scale.db'}"
+        else:
+            name, storage = fabricate(folder, args.trials)
         made = time.perf_counter() - started
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.runcall(build, name, storage, folder / "report")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
         started = time.perf_counter()
-        done = build(name, storage, Path(folder) / "report")
+        done = build(name, storage, folder / "report")
         drawn = time.perf_counter() - started
         page = done.html.stat().st_size
         pngs = sum(p.stat().st_size for p in done.pngs)
