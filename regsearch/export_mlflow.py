@@ -25,7 +25,7 @@ def log_model(chosen: Chosen, done: Refit, doc: dict[str, Any], data: Dataset, *
     import mlflow
     from mlflow.models import infer_signature
 
-    from regsearch.recorders.mlflow import open_parent
+    from regsearch.recorders.mlflow_sync import open_parent
     from regsearch.recorders.mlflow_process import problem_line
     from regsearch.refit import raw_features
     from regsearch.trainers.keras import predict

@@ -68,7 +68,7 @@ def reconcile(name: str, storage_url: str, tracking_uri: str | None, *,
         ledger.engine.dispose()
     if not tracking_uri or (unsynced_only and not unsynced):
         return mended, 0, 0  # nothing for MLflow: its import (seconds) is skipped
-    from regsearch.recorders.mlflow import sync_study
+    from regsearch.recorders.mlflow_sync import sync_study
 
     written, kept = sync_study(name, storage_url, tracking_uri,
                                uid=study.user_attrs.get(UID_ATTR), unsynced_only=unsynced_only)

@@ -105,7 +105,7 @@ def build(name: str, storage_url: str, out: Path, *,
         plt.close("all")
     run_id = None
     if tracking_uri:
-        from regsearch.recorders.mlflow import log_to_parent
+        from regsearch.recorders.mlflow_sync import log_to_parent
 
         run_id = log_to_parent(name, storage_url, tracking_uri, study.user_attrs.get(UID_ATTR),
                                [html_path, *pngs], "report")

@@ -985,7 +985,7 @@ def test_a_dead_writer_process_is_one_warning_and_the_study_goes_on(
     assert [r.data.tags["regsearch.trial"] for r in runs
             if r.data.tags.get("regsearch.complete") == "true"] == ["0"]
     # what MLflow missed is in the ledger: sync writes the three trials after the kill
-    from regsearch.recorders.mlflow import sync_study
+    from regsearch.recorders.mlflow_sync import sync_study
 
     assert sync_study(spec.name, storage, tracking) == (3, 1)
 
