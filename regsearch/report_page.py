@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +73,13 @@ def _seconds(first: datetime, last: datetime) -> float:
 
 
 def page(summary: dict[str, Any], info: dict[str, Any], records: list[TrialRecord],
-         drawn: list[Drawn], table: str) -> str:
-    """The whole report as one HTML document."""
+         drawn: list[Drawn], images: dict[str, bytes], table: str) -> str:
+    """The whole report as one HTML document; `images`: each drawn figure's PNG by name."""
     name = html.escape(summary["study"])
     rows = "".join(f"<tr><td><b>{html.escape(label)}</b></td><td>{html.escape(text)}</td></tr>"
                    for label, text in header_rows(summary, info, records))
     spec = yaml.safe_dump(info["spec"], sort_keys=False)  # URLs were masked when recorded
-    sections = "\n".join(_section(figure) for figure in drawn)
+    sections = "\n".join(_section(figure, images.get(figure.name)) for figure in drawn)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>regsearch report: {name}</title><style>{_STYLE}</style></head>
@@ -97,13 +96,11 @@ def page(summary: dict[str, Any], info: dict[str, Any], records: list[TrialRecor
 """
 
 
-def _section(figure: Drawn) -> str:
+def _section(figure: Drawn, image: bytes | None) -> str:
     title = html.escape(figure.title)
     note = f'<p class="note">{html.escape(figure.note)}</p>' if figure.note else ""
-    if figure.figure is None:
+    if image is None:
         return f'<section id="{figure.name}"><h2>{title}</h2>{note}</section>'
-    buffer = io.BytesIO()
-    figure.figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    data = base64.b64encode(buffer.getvalue()).decode()
+    data = base64.b64encode(image).decode()
     return (f'<section id="{figure.name}"><h2>{title}</h2>'
             f'<img alt="{title}" src="data:image/png;base64,{data}">{note}</section>')

@@ -91,18 +91,17 @@ def build(name: str, storage_url: str, out: Path, *,
              _sparsity(finished), _curves(shown, with_epochs), _history(study, metric),
              _importance(finished, study, metric), _confirmation(summary, metric)]
     out.mkdir(parents=True, exist_ok=True)
-    pngs = []
     try:
-        for figure in drawn:
-            if figure.figure is not None:
-                path = out / f"{figure.name}.png"
-                figure.figure.savefig(path, dpi=110, bbox_inches="tight")
-                pngs.append(path)
-        html_path = out / "report.html"
-        html_path.write_text(page(summary, info, records, drawn,
-                                  results.render(summary, "table")), encoding="utf-8")
+        images = {figure.name: _png(figure.figure) for figure in drawn
+                  if figure.figure is not None}
     finally:
         plt.close("all")
+    pngs = [out / f"{figure_name}.png" for figure_name in images]
+    for path, image in zip(pngs, images.values()):
+        path.write_bytes(image)
+    html_path = out / "report.html"
+    html_path.write_text(page(summary, info, records, drawn, images,
+                              results.render(summary, "table")), encoding="utf-8")
     run_id = None
     if tracking_uri:
         from regsearch.recorders.mlflow_sync import log_to_parent
@@ -110,6 +109,15 @@ def build(name: str, storage_url: str, out: Path, *,
         run_id = log_to_parent(name, storage_url, tracking_uri, study.user_attrs.get(UID_ATTR),
                                [html_path, *pngs], "report")
     return Report(html_path, tuple(pngs), tuple(drawn), run_id)
+
+
+def _png(figure: Figure) -> bytes:
+    """The figure as the PNG both the page and its file hold."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def _in_memory(study: Any) -> Any:
@@ -194,14 +202,19 @@ def _dropout(finished: list[TrialRecord], metric: str) -> Drawn:
     for record in finished:
         drawn.series.setdefault(record.config.regularizer, []).append(
             (record.config.dropout, record.value or 0))
-    for kind, points in sorted(drawn.series.items()):
-        axis.scatter([p[0] for p in points], [p[1] for p in points], s=18,
-                     color=COLOURS[kind], label=kind)
+    _scatter_by_type(axis, drawn.series)
     axis.set_xlabel("dropout rate")
     axis.set_ylabel(_units(metric))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, title="regularizer")
     return drawn
+
+
+def _scatter_by_type(axis: Any, series: dict[str, list[tuple[float, float]]]) -> None:
+    """(x, y) points, one colour per regularizer type."""
+    for kind, points in sorted(series.items()):
+        axis.scatter([p[0] for p in points], [p[1] for p in points], s=18,
+                     color=COLOURS[kind], label=kind)
 
 
 def _sparsity(finished: list[TrialRecord]) -> Drawn:
@@ -216,9 +229,7 @@ def _sparsity(finished: list[TrialRecord]) -> Drawn:
         drawn.note = "no trial with an L1 factor: the study searched no l1 or l1_l2"
         return drawn
     figure, (axis,) = _new(title)
-    for kind, points in sorted(drawn.series.items()):
-        axis.scatter([p[0] for p in points], [p[1] for p in points], s=18,
-                     color=COLOURS[kind], label=kind)
+    _scatter_by_type(axis, drawn.series)
     axis.set_xscale("log")
     axis.set_xlabel("L1 factor")
     axis.set_ylabel("share of hidden weights near zero")
@@ -262,18 +273,26 @@ def _curves(numbers: list[int], by_number: dict[int, TrialRecord]) -> Drawn:
 
 def _history(study: Any, metric: str) -> Drawn:
     """Optuna's own optimization-history plot."""
+    import optuna
+
+    figure = _optuna_figure(optuna.visualization.matplotlib.plot_optimization_history, study,
+                            metric, height=3.6)
+    return Drawn("history", "Optimization history (Optuna)", figure)
+
+
+def _optuna_figure(plot: Any, study: Any, metric: str, *, height: float) -> Figure:
+    """One of Optuna's matplotlib plots (experimental in Optuna: its warning is left out),
+    sized as the report's own figures."""
     import warnings
 
     import optuna
 
-    title = "Optimization history (Optuna)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axis = optuna.visualization.matplotlib.plot_optimization_history(
-            study, target_name=metric)
+        axis = plot(study, target_name=metric)
     figure = typing.cast("Figure", axis.figure)
-    figure.set_size_inches(7.5, 3.6)
-    return Drawn("history", title, figure)
+    figure.set_size_inches(7.5, height)
+    return figure
 
 
 #: Trials an importance estimate uses at most; more are sampled (and the figure says so).
@@ -284,7 +303,6 @@ def _importance(finished: list[TrialRecord], study: Any, metric: str) -> Drawn:
     """Optuna's parameter importances over one log-strength axis (l1 and l2 are separate
     conditional parameters in the study, which would split a strength's importance)."""
     import random
-    import warnings
 
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -312,16 +330,11 @@ def _importance(finished: list[TrialRecord], study: Any, metric: str) -> Drawn:
                 "log10_strength": math.log10(strength(r) or 10 ** floor)},
         distributions=distributions, value=r.value) for r in complete])
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            axis = optuna.visualization.matplotlib.plot_param_importances(
-                derived, target_name=metric)
+        drawn.figure = _optuna_figure(optuna.visualization.matplotlib.plot_param_importances,
+                                      derived, metric, height=3.0)
     except (ValueError, RuntimeError) as exc:
         drawn.note = f"Optuna could not estimate importances here ({exc})"
         return drawn
-    figure = typing.cast("Figure", axis.figure)
-    figure.set_size_inches(7.5, 3.0)
-    drawn.figure = figure
     drawn.note = " ".join(filter(None, [drawn.note, "a trial without a regularizer is placed "
                                         "at the weakest strength tried"]))
     return drawn

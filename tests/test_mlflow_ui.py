@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,24 @@ def _stop(server: subprocess.Popen) -> None:
             continue
 
 
+@contextmanager
+def _serving(uri: str, folder: Path) -> Iterator[str]:
+    """`regsearch ui` on the store `uri`, on a free local port, until the block ends: the
+    base URL."""
+    base = f"http://127.0.0.1:{_free_port()}"
+    log = folder / "ui.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "regsearch", "ui", "--mlflow", uri, "--host", "127.0.0.1",
+             "--port", base.rsplit(":", 1)[1]], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        _wait_until_up(f"{base}/health", server, log)
+        yield base
+    finally:
+        _stop(server)
+
+
 def _assert_png(path: Path, size: tuple[int, int]) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
@@ -94,22 +114,11 @@ def test_ui_shows_the_study_run_and_its_trial_runs(make_spec, tmp_path: Path) ->
     parent_id = runs["tiny"].info.run_id
     assert all(runs[t].data.tags["mlflow.parentRunId"] == parent_id for t in TRIALS)
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "ui.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "regsearch", "ui", "--mlflow", uri, "--host", "127.0.0.1",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        _wait_until_up(f"{base}/health", server, log)
+    with _serving(uri, tmp_path) as base:
         nested_dom = render(RUNS_PAGE.format(base=base, id=experiment_id),
                             tmp_path / "experiment-nested.png")
         flat_dom = render(FLAT_RUNS_PAGE.format(base=base, id=experiment_id),
                           tmp_path / "experiment.png")
-    finally:
-        _stop(server)
 
     def link(name: str) -> str:
         return f'href="#/experiments/{experiment_id}/runs/{runs[name].info.run_id}"'
@@ -158,21 +167,10 @@ def test_ui_opens_the_study_report_from_the_parent_runs_artifacts(make_spec,
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name(spec.name).experiment_id
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "ui.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "regsearch", "ui", "--mlflow", uri, "--host", "127.0.0.1",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        _wait_until_up(f"{base}/health", server, log)
+    with _serving(uri, tmp_path) as base:
         page = (f"{base}/#/experiments/{experiment_id}/runs/{done.mlflow_run}/artifacts/"
                 "report/report.html")
         dom = render(page, tmp_path / "report-in-mlflow.png", window=(1600, 2400))
-    finally:
-        _stop(server)
     assert 'class="mlflow-html-iframe"' in dom  # MLflow shows the HTML artifact inline
     assert "report/report.html" in page_text(dom)
     # the report's figures are drawn inside it: tab10 blue (l1) and green (l1_l2) points;
