@@ -8,7 +8,6 @@ as a PNG. The HTML embeds them, so it opens offline from a file.
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 
     from regsearch.recorders.ledger import TrialRecord
 
+TOP = 5  # configurations the summary lists (and whose learning curves are drawn)
 #: Colours of the regularizer types, the same in every figure.
 COLOURS = {"none": "#7f7f7f", "l1": "#1f77b4", "l2": "#d62728", "l1_l2": "#2ca02c"}
 
@@ -69,13 +69,18 @@ def build(name: str, storage_url: str, out: Path, *,
     from regsearch import results
     from regsearch.opening import UID_ATTR
     from regsearch.recorders.ledger import Ledger
+    from regsearch.report_optuna import history, importance
     from regsearch.report_page import page
+    from regsearch.report_trials import study_in_memory
+    from regsearch.storage import open_storage
 
-    study = _in_memory(results.load_study(name, storage_url))
-    summary = results.study_summary(study, storage_url, top=5)
+    storage = open_storage(storage_url, must_exist=True)
+    stored = results.load_study(name, storage_url, storage)
     ledger = Ledger(storage_url)
     try:
         records = list(ledger.records(name, epochs=False))
+        study = study_in_memory(stored, storage, records, top=TOP)
+        summary = results.study_summary(study, storage_url, top=TOP)
         shown = _curve_trials(summary)
         with_epochs = {r.number: r for r in ledger.records(name, numbers=shown)}
         info = ledger.study_info(name) or {"spec": {}}
@@ -88,8 +93,9 @@ def build(name: str, storage_url: str, out: Path, *,
                              f"({len(records)} failed or running); run it first")
     metric = summary["metric"]
     drawn = [_path(finished, summary, metric), _dropout(finished, metric),
-             _sparsity(finished), _curves(shown, with_epochs), _history(study, metric),
-             _importance(finished, study, metric), _confirmation(summary, metric)]
+             _gap(finished, summary), _sparsity(finished), _curves(shown, with_epochs),
+             history(study, metric), importance(finished, study, metric),
+             _confirmation(summary, metric)]
     out.mkdir(parents=True, exist_ok=True)
     try:
         images = {figure.name: _png(figure.figure) for figure in drawn
@@ -118,18 +124,6 @@ def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
-
-
-def _in_memory(study: Any) -> Any:
-    """A copy of the study in memory: its trials are read from the database once, not by
-    each figure (the bulk of a large study's report)."""
-    import optuna
-
-    copy = optuna.create_study(study_name=study.study_name, direction=study.direction)
-    for key, value in study.user_attrs.items():
-        copy.set_user_attr(key, value)
-    copy.add_trials(study.get_trials(deepcopy=False))
-    return copy
 
 
 def _units(metric: str) -> str:
@@ -217,6 +211,50 @@ def _scatter_by_type(axis: Any, series: dict[str, list[tuple[float, float]]]) ->
                      color=COLOURS[kind], label=kind)
 
 
+def gap(record: TrialRecord) -> float | None:
+    """Validation minus training data loss at the best epoch, both with dropout off
+    (positive: the model fits its training rows better than unseen ones)."""
+    train, val = record.summary.get("train_eval_loss"), record.summary.get("val_loss")
+    return None if train is None or val is None else float(val) - float(train)
+
+
+def _gap(finished: list[TrialRecord], summary: dict[str, Any]) -> Drawn:
+    title = "Generalization gap: validation minus training data loss (dropout off)"
+    drawn = Drawn("generalization_gap", title, None)
+    measured = [r for r in finished if gap(r) is not None]
+    for record in measured:
+        x = strength(record)
+        if x is not None:
+            drawn.series.setdefault(record.config.regularizer, []).append((x, gap(record) or 0))
+    if not drawn.series:
+        drawn.note = ("no trial with a regularizer has its training loss measured with dropout "
+                      "off (ledgers written before regsearch's schema version 2 lack it)"
+                      if len(measured) < len(finished) else
+                      "no trial with a regularizer: nothing to draw against strength")
+        return drawn
+    figure, (axis,) = _new(title)
+    _scatter_by_type(axis, drawn.series)
+    default = summary.get("default")
+    by_number = {r.number: r for r in measured}
+    if default is not None and default["trial"] in by_number:
+        level = gap(by_number[default["trial"]]) or 0.0
+        drawn.band = (level, level)
+        axis.axhline(level, color="#555555", linestyle="--", linewidth=1,
+                     label=f"default #{default['trial']} (no regularizer)")
+    axis.axhline(0.0, color="black", linewidth=0.6)
+    axis.set_xscale("log")
+    axis.set_xlabel("strength (l1_l2: geometric mean of L1 and L2)")
+    axis.set_ylabel("validation - training data loss")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    left_out = len(finished) - len(measured)
+    if left_out:
+        drawn.note = (f"{left_out} trials without a training loss measured with dropout off "
+                      "(recorded before regsearch's schema version 2) are left out")
+    drawn.figure = figure
+    return drawn
+
+
 def _sparsity(finished: list[TrialRecord]) -> Drawn:
     title = "Sparsity: the share of near-zero weights against L1 strength"
     drawn = Drawn("sparsity", title, None)
@@ -268,75 +306,6 @@ def _curves(numbers: list[int], by_number: dict[int, TrialRecord]) -> Drawn:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     drawn.figure = figure
-    return drawn
-
-
-def _history(study: Any, metric: str) -> Drawn:
-    """Optuna's own optimization-history plot."""
-    import optuna
-
-    figure = _optuna_figure(optuna.visualization.matplotlib.plot_optimization_history, study,
-                            metric, height=3.6)
-    return Drawn("history", "Optimization history (Optuna)", figure)
-
-
-def _optuna_figure(plot: Any, study: Any, metric: str, *, height: float) -> Figure:
-    """One of Optuna's matplotlib plots (experimental in Optuna: its warning is left out),
-    sized as the report's own figures."""
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axis = plot(study, target_name=metric)
-    figure = typing.cast("Figure", axis.figure)
-    figure.set_size_inches(7.5, height)
-    return figure
-
-
-#: Trials an importance estimate uses at most; more are sampled (and the figure says so).
-IMPORTANCE_TRIALS = 2000
-
-
-def _importance(finished: list[TrialRecord], study: Any, metric: str) -> Drawn:
-    """Optuna's parameter importances over one log-strength axis (l1 and l2 are separate
-    conditional parameters in the study, which would split a strength's importance)."""
-    import random
-
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    title = "Parameter importances (Optuna, fANOVA), strength on one log axis"
-    drawn = Drawn("importance", title, None)
-    complete = [r for r in finished if r.state == State.COMPLETE]
-    if len(complete) < 2:
-        drawn.note = "fewer than two complete trials: no importance to estimate"
-        return drawn
-    if len(complete) > IMPORTANCE_TRIALS:
-        complete = random.Random(0).sample(complete, IMPORTANCE_TRIALS)
-        drawn.note = f"estimated on {IMPORTANCE_TRIALS} trials sampled at random"
-    strengths = [math.log10(x) for x in map(strength, complete) if x]
-    floor = min(strengths, default=-6.0)
-    kinds = sorted({r.config.regularizer for r in complete})
-    dropouts = [r.config.dropout for r in complete]
-    distributions = {
-        "regularizer": CategoricalDistribution(kinds),
-        "log10_strength": FloatDistribution(floor, max(strengths, default=floor) + 1e-9),
-        "dropout": FloatDistribution(min(dropouts), max(dropouts) + 1e-9)}
-    derived = optuna.create_study(direction=study.direction)
-    derived.add_trials([optuna.trial.create_trial(
-        params={"regularizer": r.config.regularizer, "dropout": r.config.dropout,
-                "log10_strength": math.log10(strength(r) or 10 ** floor)},
-        distributions=distributions, value=r.value) for r in complete])
-    try:
-        drawn.figure = _optuna_figure(optuna.visualization.matplotlib.plot_param_importances,
-                                      derived, metric, height=3.0)
-    except (ValueError, RuntimeError) as exc:
-        drawn.note = f"Optuna could not estimate importances here ({exc})"
-        return drawn
-    drawn.note = " ".join(filter(None, [drawn.note, "a trial without a regularizer is placed "
-                                        "at the weakest strength tried"]))
     return drawn
 
 

@@ -111,6 +111,14 @@ def test_each_member_trains_exactly_like_its_standalone_fit(make_spec, builtin, 
     outcome = finished[slot]
     assert outcome.member_values is not None and len(outcome.member_values) == len(members)
     assert outcome.value == pytest.approx(np.mean(outcome.member_values))
+    # each member's training rows, its own standardization, its best-epoch weights in Keras
+    on_train = []
+    for member, reference in zip(members, references):
+        reference.set_weights(trainer.member_weights(member))
+        view = trainer.rows.view(member)
+        on_train.append(reference.evaluate(view.x_train, fit_targets(data.task, view.y_train),
+                                           verbose=0, return_dict=True)["data_loss"])
+    assert outcome.train_eval_loss == pytest.approx(np.mean(on_train), rel=1e-4)
 
 
 def test_the_pruner_judges_the_mean_of_the_folds(make_spec) -> None:

@@ -98,7 +98,8 @@ def open_ledger(db_url: str) -> Iterator[Callable[[], Ledger]]:
 
 TRIALS_SQL = sa.text("""
     SELECT t.number, t.state, t.regularizer, t.l1, t.l2, t.dropout, t.value, t.best_epoch,
-           t.train_loss, t.val_loss, t.penalty, t.near_zero_share, t.test_metric,
+           t.train_loss, t.val_loss, t.train_eval_loss, t.penalty, t.near_zero_share,
+           t.test_metric,
            t.epochs_run, t.seconds, t.worker_host, t.mlflow_run_id, t.mlflow_synced,
            t.reason, t.started, t.finished
     FROM regsearch_trials t JOIN regsearch_studies s ON s.id = t.study_id
@@ -191,6 +192,7 @@ PRECISE = RegConfig("l1_l2", l1=3.3333333333333335e-4, l2=1.234567890123e-5,
 PRECISE_OUTCOME = TrialOutcome(
     state="complete", value=0.876543210987654, best_epoch=2, reason="early stopping at epoch 3",
     seconds=1.23456789, near_zero_share=0.0625, test_metric=0.8123456789012345,
+    train_eval_loss=0.7123456789012345,
     history=[EpochMetrics(1, 2.0000000000000004, 1.5, 0.5, 0.0123456789012345),
              EpochMetrics(2, 1.0000000000000002, 0.7500000000000001, 0.876543210987654,
                           0.0234567890123456),
@@ -242,6 +244,45 @@ def test_other_schema_version_is_refused_and_rows_are_untouched(open_ledger, db_
     assert snapshot(ledger.engine) == before
 
 
+def test_an_earlier_version_ledger_is_upgraded_in_place_keeping_its_rows(open_ledger,
+                                                                        db_url) -> None:
+    """A version-1 ledger (before `train_eval_loss`) opens: the column is added, every row
+    recorded before is kept as it was, and new trials fill the column."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    ledger = open_ledger()
+    open_study(ledger)
+    ledger.trials_started(STUDY, [(0, PRECISE)])
+    ledger.trials_ended(STUDY, [(0, None, PRECISE_OUTCOME)])
+    with ledger.engine.begin() as conn:  # what regsearch of schema version 1 wrote
+        Operations(MigrationContext.configure(conn)).drop_column("regsearch_trials",
+                                                                 "train_eval_loss")
+        conn.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value="1"))
+    ledger.engine.dispose()
+    old_columns = {c["name"] for c in sa.inspect(ledger.engine).get_columns("regsearch_trials")}
+    assert "train_eval_loss" not in old_columns
+    with ledger.engine.connect() as conn:
+        before = sorted(conn.execute(sa.text("SELECT * FROM regsearch_trials")).all())
+
+    upgraded = open_ledger()
+    assert meta_rows(upgraded.engine) == {"schema_version": str(SCHEMA_VERSION)}
+    columns = {c["name"] for c in sa.inspect(upgraded.engine).get_columns("regsearch_trials")}
+    assert columns == old_columns | {"train_eval_loss"}
+    with upgraded.engine.connect() as conn:
+        after = conn.execute(sa.text(f"SELECT {', '.join(sorted(old_columns))} "
+                                     "FROM regsearch_trials")).all()
+    assert sorted(after) == [tuple(row._mapping[c] for c in sorted(old_columns))
+                             for row in before]
+    (old,) = upgraded.records(STUDY)
+    assert old.summary["train_eval_loss"] is None and same(old.value, PRECISE_OUTCOME.value)
+    upgraded.trials_started(STUDY, [(1, PRECISE)])
+    upgraded.trials_ended(STUDY, [(1, None, PRECISE_OUTCOME)])
+    new = {r.number: r for r in upgraded.records(STUDY)}[1]
+    assert same(new.summary["train_eval_loss"], PRECISE_OUTCOME.train_eval_loss)
+    assert meta_rows(open_ledger().engine) == {"schema_version": str(SCHEMA_VERSION)}
+
+
 # --------------------------------------------------------------------------- 2. writes
 
 def test_trial_row_and_epochs_hold_the_outcome_at_double_precision(open_ledger) -> None:
@@ -257,6 +298,7 @@ def test_trial_row_and_epochs_hold_the_outcome_at_double_precision(open_ledger) 
     for column, expected in [("l1", PRECISE.l1), ("l2", PRECISE.l2), ("dropout", PRECISE.dropout),
                              ("value", 0.876543210987654), ("train_loss", 1.0000000000000002),
                              ("val_loss", 0.7500000000000001), ("penalty", 0.0234567890123456),
+                             ("train_eval_loss", 0.7123456789012345),
                              ("near_zero_share", 0.0625), ("test_metric", 0.8123456789012345),
                              ("seconds", 1.2346)]:
         assert same(row[column], expected), (column, row[column], expected)

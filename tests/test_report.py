@@ -42,6 +42,21 @@ def _finished_by_type(storage: str, name: str) -> dict[str, int]:
     return counts
 
 
+def _ledger_losses(storage: str, name: str) -> dict[int, tuple[float, float]]:
+    """{trial: (val_loss, train_eval_loss)} of the finished trials, read with plain SQL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(storage)
+    try:
+        with engine.connect() as conn:
+            return {n: (v, t) for n, v, t in conn.execute(sa.text(
+                "SELECT t.number, t.val_loss, t.train_eval_loss FROM regsearch_trials t "
+                "JOIN regsearch_studies s ON s.id = t.study_id WHERE s.name = :name "
+                "AND t.state IN ('complete', 'pruned')"), {"name": name})}
+    finally:
+        engine.dispose()
+
+
 def test_figures_hold_the_study_data(studies, tmp_path: Path) -> None:
     done = regsearch.report("report-all", out=tmp_path, storage=studies["storage"],
                             mlflow=False)
@@ -53,6 +68,14 @@ def test_figures_hold_the_study_data(studies, tmp_path: Path) -> None:
     (default,) = [c for c in result.confirmation["configurations"] if c["default"]]
     score = default["score"]
     assert path.band == pytest.approx((score["mean"] - score["sd"], score["mean"] + score["sd"]))
+    gap = figures["generalization_gap"]
+    assert {k: len(v) for k, v in gap.series.items()} == _finished_by_type(
+        studies["storage"], "report-all")
+    rows = _ledger_losses(studies["storage"], "report-all")
+    assert all(train is not None for _, train in rows.values())  # every finished trial
+    default_trial = result.default["trial"]
+    val_loss, train_eval_loss = rows[default_trial]
+    assert gap.band == pytest.approx((val_loss - train_eval_loss,) * 2)
     confirmed = figures["confirmation"].series
     assert len(confirmed) == len(result.confirmation["configurations"])
     assert confirmed["default"] == [(pytest.approx(score["low"]), pytest.approx(score["high"]))]
@@ -88,7 +111,9 @@ def test_the_page_opens_offline_with_every_figure_drawn(studies, tmp_path: Path)
     done = regsearch.report("report-all", out=tmp_path / "r", storage=studies["storage"],
                             mlflow=False)
     shot = tmp_path / "report.png"
-    dom = render(done.html.resolve().as_uri(), shot, window=(1000, 6000))
+    console: list[str] = []
+    dom = render(done.html.resolve().as_uri(), shot, window=(1000, 6000), console=console)
+    assert console == []  # no script error, nothing else written to the console
     assert dom.count("<img") == len(done.pngs)
     pixels = matplotlib.image.imread(shot)[:, :, :3]
     # the series colours of the figures (matplotlib's tab10 blue, red, green) are drawn
@@ -97,6 +122,51 @@ def test_the_page_opens_offline_with_every_figure_drawn(studies, tmp_path: Path)
         assert match.sum() > 50, f"colour {colour} barely on the page: figures not drawn?"
     blank = np.all(pixels > 0.97, axis=-1).mean()
     assert blank < 0.9, f"{blank:.0%} of the page is white"
+
+
+def test_the_console_check_sees_a_page_error(tmp_path: Path) -> None:
+    """The report page's empty console means something: an error there is caught."""
+    if find_chromium() is None:
+        pytest.skip("needs Chromium; .ci/run installs it")
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>console.error('drawn badly'); missing();</script>"
+                    "</body></html>")
+    console: list[str] = []
+    render(page.resolve().as_uri(), console=console, budget_ms=1000)
+    assert any("drawn badly" in line for line in console), console
+    assert any("missing is not defined" in line for line in console), console
+
+
+def test_the_report_summarizes_the_study_as_regsearch_best_does(studies) -> None:
+    """Most trials come from the ledger's rows, the top ones and the default from Optuna;
+    the summary is the one the whole Optuna study gives."""
+    from optuna.trial import TrialState
+
+    from regsearch import results
+    from regsearch.recorders.ledger import Ledger
+    from regsearch.report_trials import study_in_memory
+    from regsearch.storage import open_storage
+
+    url = studies["storage"]
+    storage = open_storage(url, must_exist=True)
+    for name in ("report-all", "report-l2"):
+        stored = results.load_study(name, url, storage)
+        ledger = Ledger(url)
+        try:
+            records = list(ledger.records(name, epochs=False))
+        finally:
+            ledger.engine.dispose()
+        fast = study_in_memory(stored, storage, records, top=3)
+        summary = results.study_summary(stored, url, top=3)
+        assert results.study_summary(fast, url, top=3) == summary
+        assert [(t.number, t.state, t.value) for t in fast.get_trials()] == [
+            (t.number, t.state, t.value) for t in stored.get_trials()
+            if t.state != TrialState.WAITING]
+        from_ledger = sum(not t.params for t in fast.get_trials())
+        if name == "report-all":  # trial 0 is the default: it and the top 3 from Optuna
+            assert from_ledger == len(records) - len({0, *(t["trial"] for t in summary["top"])})
+        else:  # no default (one type, no "none"): the whole study from Optuna
+            assert from_ledger == 0
 
 
 def test_report_is_an_artifact_of_the_parent_run(studies, tmp_path: Path) -> None:

@@ -63,6 +63,11 @@ def test_best_epoch_weights_are_restored(make_spec) -> None:
     assert outcome.best_epoch == accuracies.index(max(accuracies)) + 1
     predicted = outcome.model.predict(data.x_val, verbose=0).argmax(axis=1)
     assert np.mean(predicted == data.y_val) == pytest.approx(outcome.value)
+    # the training rows' loss at that epoch as Keras evaluates them: dropout off, no penalty
+    on_train = outcome.model.evaluate(data.x_train, data.y_train, verbose=0, return_dict=True)
+    assert outcome.train_eval_loss == pytest.approx(on_train["data_loss"], rel=1e-4)
+    assert outcome.summary()["train_eval_loss"] == outcome.train_eval_loss
+    assert outcome.train_eval_loss < outcome.best.train_loss  # dropout's noise is not in it
 
 
 def test_divergence_fails_the_trial_with_a_reason(make_spec) -> None:

@@ -161,13 +161,16 @@ def test_keep_model_returns_the_best_epoch_export(make_spec) -> None:
     spec = make_spec(train__epochs=3, objective={"metric": "accuracy"},
                      data={"builtin": "digits", "test_fraction": 0.2})
     trainer, data, _ = _setup(spec, pack_size=2)
-    slot = trainer.assign(CONFIGS["l1"], seed=2, prune=_never, keep_model=True)
+    slot = trainer.assign(RegConfig("l1", l1=1e-3, dropout=0.3), seed=2, prune=_never,
+                          keep_model=True)
     finished = {}
     while slot not in finished:
         finished.update(trainer.run_epoch())
     outcome = finished[slot]
     predicted = outcome.model.predict(data.x_val, verbose=0).argmax(axis=1)
     assert np.mean(predicted == data.y_val) == pytest.approx(outcome.value)
+    on_train = outcome.model.evaluate(data.x_train, data.y_train, verbose=0, return_dict=True)
+    assert outcome.train_eval_loss == pytest.approx(on_train["data_loss"], rel=1e-4)
     test_pred = outcome.model.predict(data.x_test, verbose=0).argmax(axis=1)
     assert outcome.test_metric == pytest.approx(np.mean(test_pred == data.y_test))
     kernels = [outcome.model.get_layer("dense_1").kernel.numpy()]

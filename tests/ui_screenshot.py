@@ -36,8 +36,10 @@ def find_chromium() -> str | None:
 
 
 def render(url: str, screenshot: Path | str | None = None, *, budget_ms: int = BUDGET_MS,
-           window: tuple[int, int] = WINDOW, timeout: float = 90) -> str:
-    """Load `url` once and return the DOM after its scripts ran; also save a PNG if asked.
+           window: tuple[int, int] = WINDOW, timeout: float = 90,
+           console: list[str] | None = None) -> str:
+    """Load `url` once and return the DOM after its scripts ran; also save a PNG if asked,
+    and add what the page wrote to its console (errors included) to `console` if given.
 
     A fresh profile per call, so no state (MLflow keeps view settings in local storage)
     leaks from one page load into the next.
@@ -48,7 +50,8 @@ def render(url: str, screenshot: Path | str | None = None, *, budget_ms: int = B
     with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         command = [binary, *FLAGS, f"--user-data-dir={profile}",
                    f"--window-size={window[0]},{window[1]}",
-                   f"--virtual-time-budget={budget_ms}", "--dump-dom"]
+                   f"--virtual-time-budget={budget_ms}", "--dump-dom",
+                   *(("--enable-logging=stderr", "--v=0") if console is not None else ())]
         if screenshot is not None:
             command.append(f"--screenshot={Path(screenshot).resolve()}")
         done = subprocess.run([*command, url], capture_output=True, text=True, timeout=timeout)
@@ -56,6 +59,9 @@ def render(url: str, screenshot: Path | str | None = None, *, budget_ms: int = B
     if done.returncode != 0 or missing or "<html" not in done.stdout:
         raise RuntimeError(f"Chromium failed on {url} (exit {done.returncode}):\n"
                            f"{done.stderr[-2000:]}")
+    if console is not None:  # Chromium logs each console message as INFO:CONSOLE
+        console.extend(line.split("] ", 1)[-1] for line in done.stderr.splitlines()
+                       if ":CONSOLE" in line)
     return done.stdout
 
 

@@ -16,18 +16,20 @@ from typing import Any
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, noload, selectinload
+from sqlalchemy.orm import Session, raiseload, selectinload
 
 from regsearch.errors import StorageError
 from regsearch.states import State
 from regsearch.space import RegConfig
+from regsearch.recorders import migrations
 from regsearch.recorders.tables import (SCHEMA_VERSION, Base, EpochRow, LockRow,
                                         MemberRow, MetaRow, StudyRow, TrialRow, finite, now)
 from regsearch.storage import engine_kwargs, mask_url, tune_sqlite
 from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
 
 _RESULT_FIELDS = ("value", "reason", "finished", "best_epoch", "train_loss", "val_loss",
-                  "penalty", "near_zero_share", "test_metric", "seconds", "mlflow_run_id")
+                  "train_eval_loss", "penalty", "near_zero_share", "test_metric", "seconds",
+                  "mlflow_run_id")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Ledger:
                 self._check_version()
                 return
             except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
-                # Concurrent CREATE TABLE / INSERT of the version row: the other process
+                # Concurrent CREATE TABLE, version row or schema upgrade: the other process
                 # won; look again. A server that is down fails every attempt.
                 if attempt == attempts - 1:
                     raise StorageError(f"cannot open the ledger at {mask_url(self.url)}: "
@@ -89,6 +91,10 @@ class Ledger:
             row = session.get(MetaRow, "schema_version")
             if row is None:
                 session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif row.value.isdigit() and int(row.value) in migrations.STEPS:
+                # An earlier regsearch's ledger: brought up to this version in place.
+                migrations.upgrade(session.connection(), int(row.value), SCHEMA_VERSION)
+                row.value = str(SCHEMA_VERSION)
             elif row.value != str(SCHEMA_VERSION):
                 raise StorageError(
                     f"the ledger at {mask_url(self.url)} has schema version {row.value}, but "
@@ -281,13 +287,13 @@ class Ledger:
             query = (sa.select(TrialRow).join(StudyRow).where(StudyRow.name == study_name)
                      .order_by(TrialRow.number)
                      .options(selectinload(TrialRow.epochs) if epochs
-                              else noload(TrialRow.epochs), selectinload(TrialRow.members)))
+                              else raiseload(TrialRow.epochs), selectinload(TrialRow.members)))
             if numbers is not None:
                 query = query.where(TrialRow.number.in_(list(numbers)))
             if unsynced_only:
                 query = query.where(TrialRow.mlflow_synced.is_(False))
             for row in session.scalars(query):
-                yield _record(study_name, row)
+                yield _record(study_name, row, epochs=epochs)
 
     def best(self, study_name: str, direction: str) -> TrialRecord | None:
         """The complete trial that ranks first (`regsearch.objective`)."""
@@ -342,13 +348,13 @@ class Ledger:
                               .where(StudyRow.name == study_name, TrialRow.number == number))
 
 
-def _record(study_name: str, row: TrialRow) -> TrialRecord:
-    epochs = tuple(EpochMetrics(epoch=e.epoch, train_loss=_nan(e.train_loss),
-                                val_loss=_nan(e.val_loss), val_metric=_nan(e.val_metric),
-                                penalty=_nan(e.penalty)) for e in row.epochs)
+def _record(study_name: str, row: TrialRow, *, epochs: bool = True) -> TrialRecord:
+    history = tuple(EpochMetrics(epoch=e.epoch, train_loss=_nan(e.train_loss),
+                                 val_loss=_nan(e.val_loss), val_metric=_nan(e.val_metric),
+                                 penalty=_nan(e.penalty)) for e in row.epochs) if epochs else ()
     summary = {key: getattr(row, key) for key in SUMMARY_FIELDS}
     return TrialRecord(study_name=study_name, number=row.number, state=row.state, config=row.config,
-                       value=row.value, reason=row.reason, summary=summary, epochs=epochs,
+                       value=row.value, reason=row.reason, summary=summary, epochs=history,
                        mlflow_run_id=row.mlflow_run_id, started=_utc(row.started),
                        finished=_utc(row.finished),
                        members=tuple(member.value for member in row.members))

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from regsearch.space import RegConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # `regsearch.recorders.migrations` brings older ledgers up to it
 # MySQL/MariaDB DATETIME drops fractions of a second unless asked for 6 digits.
 Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
@@ -78,6 +78,8 @@ class TrialRow(Base):
     best_epoch: Mapped[int | None]
     train_loss: Mapped[float | None] = mapped_column(sa.Double)
     val_loss: Mapped[float | None] = mapped_column(sa.Double)
+    #: training data loss at the best epoch, dropout off (`TrialOutcome.train_eval_loss`)
+    train_eval_loss: Mapped[float | None] = mapped_column(sa.Double)
     penalty: Mapped[float | None] = mapped_column(sa.Double)
     near_zero_share: Mapped[float | None] = mapped_column(sa.Double)
     test_metric: Mapped[float | None] = mapped_column(sa.Double)

@@ -14,7 +14,7 @@ from regsearch.spec import EarlyStopping
 DIVERGED = "(training diverged)"  # ends the reason of a trial whose numbers went non-finite
 #: Per-trial numbers kept beside the value (Optuna user attrs, ledger columns, MLflow).
 SUMMARY_FIELDS = ("best_epoch", "epochs_run", "seconds", "penalty", "train_loss", "val_loss",
-                  "near_zero_share", "test_metric")
+                  "train_eval_loss", "near_zero_share", "test_metric")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class TrialOutcome:
     reason: str | None = None
     seconds: float = 0.0
     near_zero_share: float | None = None
+    #: the training rows' data loss at the best epoch measured as validation is (dropout
+    #: off, the best-epoch weights): `val_loss` minus it is the generalization gap, which
+    #: `train_loss` (dropout on, averaged while the weights moved) cannot give
+    train_eval_loss: float | None = None
     test_metric: float | None = None
     #: each member's objective at the best epoch, when folds or repeats score the trial
     member_values: list[float] | None = None
@@ -84,6 +88,7 @@ class TrialOutcome:
             "penalty": best.penalty if best else None,
             "train_loss": best.train_loss if best else None,
             "val_loss": best.val_loss if best else None,
+            "train_eval_loss": self.train_eval_loss,
             "near_zero_share": self.near_zero_share,
             "test_metric": self.test_metric,
         }

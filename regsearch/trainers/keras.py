@@ -151,11 +151,15 @@ class KerasTrainer:
 
     def _finish_members(self, models: list[keras.Model], views: list[View],
                         outcome: TrialOutcome) -> None:
-        """The members' near-zero share and test score, averaged."""
+        """The members' near-zero share, training loss (dropout off) and test score,
+        averaged."""
         kernels = [[keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
                     if isinstance(layer, keras.layers.Dense) and layer.name != "output"]
                    for model in models]
         outcome.near_zero_share = float(np.mean([metrics.near_zero_share(k) for k in kernels]))
+        outcome.train_eval_loss = float(np.mean([metrics.data_loss(
+            self.data.task, view.y_train, predict(model, view.x_train))
+            for model, view in zip(models, views)]))
         if len(self.data.x_test):
             outcome.test_metric = float(np.mean([metrics.data_loss_and_score(
                 self.metric, self.data.task, view.y_test, predict(model, view.x_test),
@@ -172,6 +176,7 @@ class KerasTrainer:
         kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
                    if isinstance(layer, keras.layers.Dense) and layer.name != "output"]
         outcome.near_zero_share = metrics.near_zero_share(kernels)
+        outcome.train_eval_loss = self.evaluate(model, self.data.x_train, self.data.y_train)[0]
         if len(self.data.x_test):
             outcome.test_metric = self.evaluate(model, self.data.x_test, self.data.y_test)[1]
 

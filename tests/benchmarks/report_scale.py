@@ -25,7 +25,7 @@ def fabricate(folder: Path, trials: int) -> tuple[str, str]:
 
     from regsearch import opening
     from regsearch.recorders.ledger import Ledger, TrialRecord
-    from regsearch.space import RegConfig
+    from regsearch.space import RegConfig, suggest
     from regsearch.states import State
     from regsearch.study_file import parse_spec
     from regsearch.trainers.base import EpochMetrics
@@ -41,11 +41,11 @@ def fabricate(folder: Path, trials: int) -> tuple[str, str]:
     strength = FloatDistribution(1e-6, 1e-1, log=True)
     rng = random.Random(0)
     frozen, records = [], []
-    for number in range(1, trials + 1):
-        kind = rng.choice(kinds)
+    for number in range(trials):
+        kind = "none" if number == 0 else rng.choice(kinds)
         l1 = rng.uniform(-6, -1) if kind in ("l1", "l1_l2") else None
         l2 = rng.uniform(-6, -1) if kind in ("l2", "l1_l2") else None
-        dropout = rng.uniform(0, 0.5)
+        dropout = 0.0 if number == 0 else rng.uniform(0, 0.5)
         params: dict[str, object] = {"regularizer": kind, "dropout": dropout}
         distributions: dict[str, object] = {"regularizer": CategoricalDistribution(kinds),
                                             "dropout": FloatDistribution(0.0, 0.5)}
@@ -55,16 +55,27 @@ def fabricate(folder: Path, trials: int) -> tuple[str, str]:
         best = 0.97 - 0.01 * abs((l2 or l1 or -9) + 4) - 0.02 * dropout + rng.gauss(0, 0.004)
         curve = [EpochMetrics(epoch=e, train_loss=1 / e, val_loss=0.2 + 1 / (2 * e),
                               val_metric=best - 0.1 / e, penalty=0.01) for e in range(1, 21)]
-        frozen.append(optuna.trial.create_trial(
-            params=params, distributions=distributions, value=best,
-            user_attrs={"best_epoch": 20, "val_loss": 0.225},
-            intermediate_values={m.epoch: m.val_metric for m in curve}))
+        attrs = {"best_epoch": 20, "val_loss": 0.225}
+        if number == 0:  # the default, enqueued by open_run: trained first
+            default = study.ask()
+            suggest(default, spec.space)  # the enqueued default's fixed parameters
+            for key, value in attrs.items():
+                default.set_user_attr(key, value)
+            for m in curve:
+                default.report(m.val_metric, m.epoch)
+            study.tell(default, best)
+        else:
+            frozen.append(optuna.trial.create_trial(
+                params=params, distributions=distributions, value=best, user_attrs=attrs,
+                intermediate_values={m.epoch: m.val_metric for m in curve}))
         config = RegConfig(kind, l1=float(params.get("l1", 0.0)),
                            l2=float(params.get("l2", 0.0)), dropout=dropout)
         finished = now()
         records.append(TrialRecord(
             "scale", number, State.COMPLETE, config, value=best,
-            summary={"best_epoch": 20, "val_loss": 0.225, "near_zero_share": math.exp(
+            summary={"best_epoch": 20, "val_loss": 0.225,
+                     "train_eval_loss": 0.225 - 0.1 / (1 + 1e3 * max(config.l1, config.l2)),
+                     "near_zero_share": math.exp(
                 -1 / max(config.l1, 1e-9) * 1e-4)},
             epochs=tuple(curve), started=finished - timedelta(seconds=1), finished=finished))
     study.add_trials(frozen)

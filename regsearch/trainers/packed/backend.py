@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from regsearch import compile_cache
@@ -46,3 +47,18 @@ def activate(logits, task: str):
     if activation == "sigmoid":
         return ops.sigmoid(logits)
     return logits
+
+
+def standard_outputs(weights: list[np.ndarray], x: np.ndarray, *, activation: str,
+                     task: str) -> np.ndarray:
+    """One member's inference outputs (dropout off) from its standard-model weights
+    (kernel, bias per layer), without running the whole pack over `x`."""
+    hidden = keras.activations.get(activation)
+    parts = []
+    for start in range(0, len(x), PREDICT_CHUNK):
+        h = np.asarray(x[start:start + PREDICT_CHUNK], np.float32)
+        for kernel, bias in zip(weights[0:-2:2], weights[1:-2:2]):
+            h = np.asarray(ops.convert_to_numpy(hidden(h @ kernel + bias)))
+        parts.append(np.asarray(ops.convert_to_numpy(
+            activate(h @ weights[-2] + weights[-1], task))))
+    return np.concatenate(parts) if parts else np.zeros((0, weights[-1].shape[0]), np.float32)

@@ -18,8 +18,8 @@ from regsearch.states import State
 from regsearch.trainers.base import (EpochMetrics, PruneCheck, StopRules,
                                      TrialOutcome, combine)
 from regsearch.trainers.keras import KerasTrainer
-from regsearch.trainers.packed.backend import (PREDICT_CHUNK, activate, start_backend,
-                                               xla_available)
+from regsearch.trainers.packed.backend import (PREDICT_CHUNK, activate, standard_outputs,
+                                               start_backend, xla_available)
 from regsearch.trainers.packed.epoch import Readout, TensorFlowEpoch
 from regsearch.trainers.packed.layers import MemberDataLoss, MemberWrites, PackedNet
 from regsearch.trainers.packed.members import MemberData
@@ -279,6 +279,9 @@ class PackedTrainer:
             n_hidden = len(self.model.hidden)
             outcome.near_zero_share = float(np.mean([metrics.near_zero_share(
                 [weights[2 * i] for i in range(n_hidden)]) for weights in slot.best_weights]))
+            outcome.train_eval_loss = float(np.mean([
+                self._train_eval_loss(member, weights)
+                for member, weights in zip(slot.members, slot.best_weights)]))
             if len(self.rows.x_test):
                 outputs = self._outputs(self.rows.x_test)
                 outcome.test_metric = float(np.mean([self._evaluate(
@@ -294,6 +297,13 @@ class PackedTrainer:
         return outcome
 
     # ------------------------------------------------------------------ inference
+
+    def _train_eval_loss(self, member: int, weights: list[np.ndarray]) -> float:
+        """The member's training rows' data loss, dropout off (as its validation loss is)."""
+        view = self.rows.view(member)
+        outputs = standard_outputs(weights, view.x_train, activation=self.spec.model.activation,
+                                   task=self.data.task)
+        return metrics.data_loss(self.data.task, view.y_train, outputs)
 
     def predict(self, slot: int, x: np.ndarray) -> np.ndarray:
         """The inference outputs (dropout off) of the slot's trial (its first member), as
