@@ -1,4 +1,8 @@
-"""`regsearch run | validate | best`: user errors are one line and exit code 2."""
+"""The `regsearch` command line: parsing only (what each command does is in `commands`).
+
+User errors are one line and exit code 2. Every option's help shows its default, and each
+command's help ends with the environment variables it reads.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,34 @@ from regsearch.spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
 FORMATS = ("table", "json", "yaml")
 
+#: What each kind of command reads from the environment, for the end of its help.
+_LOCATIONS_ENV = ("environment: REGSEARCH_STORAGE and REGSEARCH_MLFLOW stand in for --storage "
+                  "and --mlflow (a URL holding a password stays out of the process list)")
+_STORAGE_ENV = ("environment: REGSEARCH_STORAGE stands in for --storage (a URL holding a "
+                "password stays out of the process list)")
+_TRAINING_ENV = ("; KERAS_BACKEND (tensorflow, the default, or jax), CUDA_VISIBLE_DEVICES (the "
+                 "GPUs a process may use), REGSEARCH_COMPILE_CACHE (a folder for compiled "
+                 "programs, or off; default ~/.cache/regsearch)")
+
+
+class _Help(argparse.HelpFormatter):
+    """Each option's default at the end of its help, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS) or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line like every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("regsearch").strip()
@@ -67,15 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show tracebacks of errors")
     subcommands = parser.add_subparsers(dest="command", required=True)
 
-    run = subcommands.add_parser("run", parents=[common], help="run (or continue) a study")
+    run = subcommands.add_parser("run", parents=[common], help="run (or continue) a study",
+                                 epilog=_LOCATIONS_ENV + _TRAINING_ENV)
     run.add_argument("study", help="study file, e.g. studies/digits-quick.yaml")
     run.add_argument("--trials", type=_field("search.n_trials"),
                      help="total trial budget of the study")
     run.add_argument("--timeout", type=_field("search.timeout"),
                      help="stop starting trials after S seconds")
-    run.add_argument("--storage", help="SQLAlchemy URL (overrides the study file)")
-    run.add_argument("--mlflow", metavar="URI",
-                     help="MLflow tracking URI (overrides the study file)")
+    run.add_argument("--storage", help="SQLAlchemy URL (default: $REGSEARCH_STORAGE, else "
+                                       "the study file's)")
+    run.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default: "
+                                                    "$REGSEARCH_MLFLOW, else the study file's)")
     run.add_argument("--workers", type=_positive_int,
                      help="worker processes on this machine (a server database for more than 1)")
     run.add_argument("--gpus", metavar="all|0,2,3", help="one worker per GPU")
@@ -89,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "$REGSEARCH_MLFLOW, else the study file's)")
     where.add_argument("--trials", type=_field("search.n_trials"),
                        help="total trial budget of the study")
-    init = subcommands.add_parser("init", parents=[common, where],
+    init = subcommands.add_parser("init", parents=[common, where], epilog=_LOCATIONS_ENV,
                                help="create the study, its tables and MLflow experiment; once")
     init.set_defaults(handler=commands.init_command)
     worker = subcommands.add_parser("worker", parents=[common, where],
+                                 epilog=_LOCATIONS_ENV + _TRAINING_ENV,
                                  help="join an existing study and train until its budget is spent")
     worker.add_argument("--timeout", type=_field("search.timeout"),
                         help="stop starting trials after S seconds")
@@ -101,85 +133,88 @@ def build_parser() -> argparse.ArgumentParser:
                              "files in DIR (a directory the workers share)")
     worker.set_defaults(handler=commands.worker_command)
 
-    sync = subcommands.add_parser("sync", parents=[common],
-                               help="write trials MLflow is missing from the ledger")
-    sync.add_argument("name", help="study name")
-    sync.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
-    sync.add_argument("--mlflow", metavar="URI",
-                      help=f"default $REGSEARCH_MLFLOW, else {DEFAULT_TRACKING_URI}")
+    # The commands about a recorded study: its name or its study file, and where it lives.
+    stored = _Parser(add_help=False)
+    stored.add_argument("name", metavar="STUDY", help="study name, or its study file (whose "
+                        "storage and MLflow URI then serve as defaults)")
+    stored.add_argument("--storage", help=f"SQLAlchemy URL (default: $REGSEARCH_STORAGE, else "
+                                          f"the study file's, else {DEFAULT_STORAGE})")
+
+    def stored_command(name: str, help: str, *, mlflow: str | None) -> argparse.ArgumentParser:
+        command = subcommands.add_parser(name, parents=[common, stored], help=help,
+                                         epilog=_STORAGE_ENV if mlflow is None
+                                         else _LOCATIONS_ENV)
+        if mlflow is None:
+            command.set_defaults(mlflow=None)
+        else:
+            command.add_argument("--mlflow", metavar="URI", help=mlflow)
+        return command
+
+    sync = stored_command("sync", "write trials MLflow is missing from the ledger",
+                          mlflow="MLflow tracking URI (default: $REGSEARCH_MLFLOW, else the "
+                                 f"study file's, else {DEFAULT_TRACKING_URI})")
     sync.set_defaults(handler=commands.sync_command)
 
-    ui = subcommands.add_parser("ui", parents=[common], help="serve the MLflow UI for the studies")
-    ui.add_argument("--mlflow", metavar="URI", default=DEFAULT_TRACKING_URI,
-                    help=f"backend store, default {DEFAULT_TRACKING_URI}")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui = subcommands.add_parser("ui", parents=[common], help="serve the MLflow UI for the studies",
+                                epilog="environment: REGSEARCH_MLFLOW stands in for --mlflow")
+    ui.add_argument("name", nargs="?", help="a study: print only its page (the runs table "
+                    "sorted by the objective, with its columns); default: every study's")
+    ui.add_argument("--mlflow", metavar="URI", help="the MLflow store to serve (default: "
+                    f"$REGSEARCH_MLFLOW, else {DEFAULT_TRACKING_URI})")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on")
     ui.set_defaults(handler=commands.ui_command)
 
     validate = subcommands.add_parser("validate", parents=[common],
                                    help="check a study file and its data; writes nothing")
-    validate.add_argument("study")
+    validate.add_argument("study", help="study file")
     validate.set_defaults(handler=commands.validate_command)
 
     schema = subcommands.add_parser("schema", parents=[common],
                                  help="print the JSON Schema of study files (for editors)")
     schema.set_defaults(handler=commands.schema_command)
 
-    best = subcommands.add_parser("best", parents=[common], help="show a study's best config")
-    best.add_argument("name", help="study name (the `name:` of its study file)")
-    best.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
-    best.set_defaults(mlflow=None)
-    best.add_argument("--format", choices=FORMATS, default="table")
+    best = stored_command("best", "show a study's best config", mlflow=None)
+    best.add_argument("-f", "--format", choices=FORMATS, default="table", help="output format")
     best.add_argument("--top", type=_positive_int, default=5, help="rows in the leaderboard")
     best.set_defaults(handler=commands.best_command)
 
-    confirm = subcommands.add_parser("confirm", parents=[common],
-                                  help="train a study's top configurations and the default "
-                                       "again over fresh seeds")
-    confirm.add_argument("name", help="study name")
-    confirm.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
-    confirm.add_argument("--mlflow", metavar="URI", help="default $REGSEARCH_MLFLOW, else the "
-                                                         "study's own")
+    confirm = stored_command("confirm", "train a study's top configurations and the default "
+                                        "again over fresh seeds",
+                             mlflow="MLflow tracking URI (default: $REGSEARCH_MLFLOW, else the "
+                                    "study's own)")
     confirm.add_argument("--top", type=_positive_int, help="configurations to confirm "
                                                           "(default: the study file's, 5)")
     confirm.add_argument("--seeds", type=_at_least_two, help="fresh seeds per configuration "
                                                             "(default: the study file's, 5)")
     confirm.set_defaults(handler=commands.confirm_command)
 
-    export = subcommands.add_parser(
-        "export", parents=[common],
-        help="export a study's best configuration: a config file, Python code, a trained "
-             ".keras model, or an MLflow model")
-    export.add_argument("name", help="study name")
-    export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+    export = stored_command("export", "export a study's best configuration: a config file, "
+                                      "Python code, a trained .keras model, or an MLflow model",
+                            mlflow="mlflow format: MLflow tracking URI (default: "
+                                   "$REGSEARCH_MLFLOW, else the study's own)")
+    export.add_argument("-f", "--format", required=True, choices=EXPORT_FORMATS,
                         help="yaml/json: the whole configuration; python: standalone Keras "
                              "code; keras: retrained, raw features in; mlflow: that model in "
                              "the study's MLflow parent run")
     export.add_argument("--out", type=Path, metavar="PATH",
                         help="file to write (yaml/json/python: default stdout; keras: default "
                              "NAME.keras, with the configuration and refit scores in NAME.json)")
-    export.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
-    export.add_argument("--mlflow", metavar="URI", help="mlflow: default $REGSEARCH_MLFLOW, "
-                                                        "else the study's own")
     export.add_argument("--trial", type=_trial_number, help="export this trial instead of the "
                                                             "reported best")
     export.add_argument("--refit", choices=("train", "train+val"), default="train",
-                        help="keras/mlflow: retrain on the training rows (default) or on "
-                             "training + validation rows, for the best epoch count")
+                        help="keras/mlflow: retrain on the training rows or on training + "
+                             "validation rows, for the best epoch count")
     export.add_argument("--register", metavar="MODEL_NAME",
                         help="mlflow: register the model as a new version of MODEL_NAME")
     export.add_argument("--force", action="store_true", help="replace an existing --out file")
     export.set_defaults(handler=commands.export_command)
 
-    report = subcommands.add_parser(
-        "report", parents=[common],
-        help="draw why the best won: one self-contained HTML file and PNGs, also logged to "
-             "the study's MLflow parent run")
-    report.add_argument("name", help="study name")
+    report = stored_command("report", "draw why the best won: one self-contained HTML file "
+                                      "and PNGs, also logged to the study's MLflow parent run",
+                            mlflow="MLflow tracking URI (default: $REGSEARCH_MLFLOW, else the "
+                                   "study's own)")
     report.add_argument("--out", type=Path, metavar="DIR", help="default reports/NAME")
-    report.add_argument("--storage", help=f"default $REGSEARCH_STORAGE, else {DEFAULT_STORAGE}")
-    report.add_argument("--mlflow", metavar="URI", help="default $REGSEARCH_MLFLOW, else the "
-                                                        "study's own")
     report.add_argument("--no-mlflow", action="store_true", help="write the files only")
     report.set_defaults(handler=commands.report_command)
     return parser

@@ -44,13 +44,29 @@ def locations(args: argparse.Namespace) -> dict[str, Any]:
     where: dict[str, str | None] = {}
     for key, field, variable in (("storage", "storage", "REGSEARCH_STORAGE"),
                                  ("mlflow", "mlflow.tracking_uri", "REGSEARCH_MLFLOW")):
-        flag = getattr(args, key)
+        flag = getattr(args, key, None)
         value = flag or os.environ.get(variable) or None
         try:
             where[key] = value and check_field(field, value)
         except ValueError as bad:
             raise SpecError(f"--{key}" if flag else variable, "", str(bad)) from None
     return where
+
+
+def study_named(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The study a command is about (`args.name`: its name, or its study file) and its
+    `locations`, the study file's storage and MLflow URI filling in for missing flags."""
+    where = locations(args)
+    name = args.name
+    if not name.endswith((".yaml", ".yml")):
+        return name, where
+    from regsearch.study_file import load_spec
+
+    spec = load_spec(name)
+    where["storage"] = where["storage"] or spec.storage
+    if spec.mlflow.enabled:
+        where["mlflow"] = where["mlflow"] or spec.mlflow.tracking_uri
+    return spec.name, where
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -60,11 +76,18 @@ def run_command(args: argparse.Namespace) -> int:
     from regsearch.trainers import make_trainer
 
     spec = load_spec(args.study)
+    spent = _spent_study(spec, args)
+    if spent is not None:
+        print(spent)
+        return 0
     if args.workers is not None or args.gpus is not None:
         from regsearch import launcher
 
         return launcher.launch(args.study, spec, launcher.plan(args.workers, args.gpus),
                                trials=args.trials, timeout=args.timeout, **locations(args))
+    if sys.stderr.isatty():  # a person waits: say why (a log keeps errors on one line)
+        print(f"study {spec.name}: loading the data and TensorFlow", file=sys.stderr,
+              flush=True)
     run = opening.open_run(spec, n_trials=args.trials, timeout=args.timeout, **locations(args))
     progress = Progress()
     try:
@@ -81,6 +104,42 @@ def run_command(args: argparse.Namespace) -> int:
     print(results.render(results.study_summary(run.study, run.storage_url), "table"))
     results.raise_if_all_diverged(run.study, spec)
     return 0
+
+
+def _spent_study(spec: Any, args: argparse.Namespace) -> str | None:
+    """The summary `run` prints for a study of this spec whose budget is spent and that has
+    nothing left to confirm, read without loading TensorFlow or the data; how to extend the
+    budget goes to stderr. None when there is work to do (or anything to check: the usual
+    path then runs, with its checks and errors)."""
+    from optuna.trial import TrialState
+
+    from regsearch import results
+    from regsearch.errors import RegsearchError
+    from regsearch.liveness import count_done
+    from regsearch.opening import HASH_ATTR
+    from regsearch.spec import UNLIMITED
+    from regsearch.storage import expand_home
+
+    budget = args.trials if args.trials is not None else spec.search.n_trials
+    if budget is None or budget >= UNLIMITED or args.timeout is not None:
+        return None
+    url = expand_home(locations(args)["storage"] or spec.storage)
+    try:
+        study = results.load_study(spec.name, url)
+    except RegsearchError:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    if study.user_attrs.get(HASH_ATTR) != spec.spec_hash or count_done(trials) < budget or \
+            any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+        return None
+    summary = results.study_summary(study, url)
+    if spec.confirm is not None and summary["confirmation"] is None:
+        return None
+    done = count_done(trials)
+    print(f"study {spec.name}: its budget is spent ({trials_of(done, budget)}); to add "
+          f"{budget} more: regsearch run {args.study} --trials {done + budget}",
+          file=sys.stderr, flush=True)
+    return results.render(summary, "table")
 
 
 def init_command(args: argparse.Namespace) -> int:
@@ -135,10 +194,10 @@ def worker_command(args: argparse.Namespace) -> int:
 def sync_command(args: argparse.Namespace) -> int:
     from regsearch.repair import reconcile
 
-    where = locations(args)
-    mended, written, kept = reconcile(args.name, where["storage"] or DEFAULT_STORAGE,
+    name, where = study_named(args)
+    mended, written, kept = reconcile(name, where["storage"] or DEFAULT_STORAGE,
                                       where["mlflow"] or DEFAULT_TRACKING_URI)
-    print(f"synced {args.name}: {written} trial runs written to MLflow, {kept} already "
+    print(f"synced {name}: {written} trial runs written to MLflow, {kept} already "
           f"there; {mended} ledger rows mended from Optuna")
     return 0
 
@@ -151,16 +210,22 @@ def ui_command(args: argparse.Namespace) -> int:
     import os
 
     from regsearch.recorders.mlflow import artifact_root
-    from regsearch.storage import expand_home
+    from regsearch.recorders.mlflow_view import study_pages
+    from regsearch.storage import expand_home, require_existing_store
 
-    store = expand_home(args.mlflow)
+    store = expand_home(locations(args)["mlflow"] or DEFAULT_TRACKING_URI)
+    require_existing_store(store)
+    base = f"http://{args.host}:{args.port}"
+    pages = study_pages(store, base, args.name)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
                "--host", args.host, "--port", str(args.port)]
     root = artifact_root(store)
     if root:
         command += ["--default-artifact-root", root]
-    print(f"MLflow UI at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr,
-          flush=True)
+    print(f"MLflow UI at {base} (Ctrl-C to stop)", file=sys.stderr)
+    for name, url in pages.items():
+        print(f"  {name}: {url}", file=sys.stderr)
+    sys.stderr.flush()
     # One local viewer needs neither several workers nor MLflow's job runner; both slow start-up.
     os.environ.setdefault("MLFLOW_WORKERS", "1")
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -171,8 +236,9 @@ def best_command(args: argparse.Namespace) -> int:
     from regsearch import results
 
     # Read-only: never creates a database.
-    url = locations(args)["storage"] or DEFAULT_STORAGE
-    study = results.load_study(args.name, url)
+    name, where = study_named(args)
+    url = where["storage"] or DEFAULT_STORAGE
+    study = results.load_study(name, url)
     print(results.render(results.study_summary(study, url, top=args.top), args.format))
     return 0
 
@@ -182,8 +248,8 @@ def export_command(args: argparse.Namespace) -> int:
 
     if args.register and args.format != "mlflow":
         raise export.ExportError("--register needs --format mlflow")
-    where = locations(args)
-    done = export.export(args.name, args.format, storage_url=where["storage"] or DEFAULT_STORAGE,
+    name, where = study_named(args)
+    done = export.export(name, args.format, storage_url=where["storage"] or DEFAULT_STORAGE,
                          out=args.out, trial=args.trial, rows=args.refit, force=args.force,
                          tracking_uri=where["mlflow"], register=args.register)
     if done.text is not None:
@@ -212,9 +278,9 @@ def confirm_command(args: argparse.Namespace) -> int:
     from regsearch.spec import ConfirmSpec
     from regsearch.trainers import make_trainer
 
-    where = locations(args)
+    name, where = study_named(args)
     url = where["storage"] or DEFAULT_STORAGE
-    spec = results.stored_spec(args.name, url)
+    spec = results.stored_spec(name, url)
     settings = spec.confirm or ConfirmSpec()
     settings = replace(settings, **{k: v for k, v in (("top", args.top), ("seeds", args.seeds))
                                     if v is not None})
@@ -230,8 +296,8 @@ def report_command(args: argparse.Namespace) -> int:
 
     from regsearch.api import report
 
-    where = locations(args)
-    done = report(args.name, out=args.out or Path("reports") / args.name,
+    name, where = study_named(args)
+    done = report(name, out=args.out or Path("reports") / name,
                   storage=where["storage"] or DEFAULT_STORAGE,
                   mlflow=False if args.no_mlflow else where["mlflow"])
     print(f"wrote {done.html} and {len(done.pngs)} figures as PNG in {done.html.parent}")

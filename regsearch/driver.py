@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -119,7 +118,9 @@ def _search_over(run: StudyRun) -> bool:
 
 
 def _say(text: str) -> None:
-    print(f"regsearch: {text}", file=sys.stderr, flush=True)
+    from regsearch.presentation import say
+
+    say(f"regsearch: {text}")
 
 
 @contextmanager

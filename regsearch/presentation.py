@@ -25,7 +25,8 @@ def quiet_libraries() -> None:
 
 
 class _Stderr(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a record comes (tests and tools swap it)."""
+    """Writes to whatever `sys.stderr` is when a record comes (tests and tools swap it),
+    above the progress bar if one is drawn."""
 
     @property
     def stream(self) -> TextIO:
@@ -34,6 +35,21 @@ class _Stderr(logging.StreamHandler):
     @stream.setter
     def stream(self, _: TextIO) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            say(self.format(record))
+        except (OSError, ValueError):  # a closed or broken stderr, as logging allows
+            self.handleError(record)
+
+
+def say(line: str) -> None:
+    """A line on stderr that a progress bar drawn there (tqdm's) does not swallow: the bar
+    is cleared, the line written, the bar drawn again below it."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def show_warnings() -> None:

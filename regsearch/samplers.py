@@ -32,11 +32,15 @@ def _gp_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     epochs = spec.train.epochs
+    # Early-epoch scores are noisy, and a strongly regularized model learns slower at first:
+    # judging trials at epoch 1 would prune regularization for being slow, not for being
+    # worse. Either pruner judges a trial only after a third of its epochs (Hyperband's
+    # first rung; its rungs then rise by its reduction factor, 3).
+    first_judged = max(1, epochs // 3)
     return {
-        # Early-epoch scores are noisy: judge a trial only after a third of its epochs.
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5,
-                                                      n_warmup_steps=max(1, epochs // 3)),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
+                                                      n_warmup_steps=first_judged),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=first_judged,
                                                             max_resource=epochs),
         "none": lambda: optuna.pruners.NopPruner(),
     }[spec.search.pruner]()

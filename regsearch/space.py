@@ -40,8 +40,26 @@ class RegConfig:
 
     def effective(self) -> tuple[float, float]:
         """(l1, l2) as training applies them: a strength the type does not use is 0."""
-        used = STRENGTHS[self.regularizer]
+        used = STRENGTHS.get(self.regularizer, ())  # "unset": cut off before it was chosen
         return (float(self.l1) if "l1" in used else 0.0, float(self.l2) if "l2" in used else 0.0)
+
+    @property
+    def strength(self) -> float | None:
+        """One strength for plots and log axes: the L1 or L2 factor, for l1_l2 their
+        geometric mean (both are searched on the same log range); None without one."""
+        l1, l2 = self.effective()
+        if self.regularizer == "l1_l2":
+            return math.sqrt(l1 * l2) if l1 > 0 and l2 > 0 else None
+        return l1 or l2 or None
+
+    def short_name(self, number: int) -> str:
+        """`t0007 l2=3e-4 d=0.15`: a trial's name that sorts in trial order and says its
+        configuration (MLflow run names)."""
+        l1, l2 = self.effective()
+        parts = [f"t{number:04d}", *(() if l1 or l2 else (self.regularizer,)),
+                 *(f"{name}={_short(value)}" for name, value in (("l1", l1), ("l2", l2))
+                   if value)]
+        return " ".join([*parts, f"d={self.dropout:.2f}"])
 
     def params(self) -> dict[str, Any]:
         """The Optuna parameters that produce this config (strengths only where used)."""
@@ -49,6 +67,12 @@ class RegConfig:
         out.update({name: getattr(self, name) for name in STRENGTHS[self.regularizer]})
         out["dropout"] = self.dropout
         return out
+
+
+def _short(value: float) -> str:
+    """3e-4, 3.2e-4: two significant digits, no padded exponent."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 DEFAULT = RegConfig("none", dropout=0.0)  # what a model has before anyone regularizes it

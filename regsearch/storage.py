@@ -190,6 +190,14 @@ def require_existing(url: str) -> None:
                            "--storage with the URL it was run with")
 
 
+def require_existing_store(uri: str) -> None:
+    """`require_existing` for an MLflow store: serving a typo would create an empty one."""
+    database = sqlite_file(uri) if uri.startswith("sqlite:") else None
+    if database is not None and not database.is_file():
+        raise StorageError(f"no MLflow store at {database}; run a study first, or pass "
+                           "--mlflow with the URI it was recorded to")
+
+
 def has_study_tables(url: str) -> bool:
     """Whether a server database holds Optuna's tables; an unreachable one is an error."""
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url))

@@ -49,12 +49,8 @@ class Report:
 
 
 def strength(record: TrialRecord) -> float | None:
-    """One strength per trial for the path: its L1 or L2 factor, for l1_l2 their geometric
-    mean (both are searched on the same log range)."""
-    l1, l2 = record.config.effective()
-    if record.config.regularizer == "l1_l2":
-        return math.sqrt(l1 * l2) if l1 > 0 and l2 > 0 else None
-    return l1 or l2 or None
+    """The trial's one strength for the plots (`RegConfig.strength`)."""
+    return record.config.strength
 
 
 def build(name: str, storage_url: str, out: Path, *,

@@ -8,6 +8,8 @@ mismatch) must print exactly one `regsearch: error:` line, so stderr is compared
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import re
 import shutil
@@ -150,6 +152,43 @@ def test_best_in_table_json_and_yaml(finished_study: Finished, tmp_path: Path) -
     assert [row["trial"] for row in top2["top"]] == [row["trial"] for row in summary["top"][:2]]
 
 
+def test_best_takes_the_study_file_and_f_for_format(finished_study: Finished,
+                                                   tmp_path: Path) -> None:
+    """`best STUDY_FILE` reads the file's name and storage, as `run` does; `-f` is
+    `--format`."""
+    spec, url = finished_study.copy_to(tmp_path)
+    study_file = write_study(tmp_path, spec, "mine.yaml")
+    by_name = cli(tmp_path, "best", spec["name"], "--storage", url, "--format", "json")
+    by_file = cli(tmp_path, "best", study_file.name, "-f", "json")
+    assert by_file.returncode == 0, show(by_file)
+    assert json.loads(by_file.stdout) == json.loads(by_name.stdout)
+    # a flag still wins over the file's storage: here, a database without the study
+    assert_user_error(cli(tmp_path, "best", study_file.name, "--storage",
+                          sqlite_url(finished_study.folder, "none.db")), "no study database")
+
+
+def test_every_option_shows_its_default_and_commands_name_their_environment() -> None:
+    from regsearch.cli import build_parser
+
+    parser = build_parser()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(subcommands.choices) >= {"run", "best", "export", "report", "ui", "sync"}
+    for name, command in subcommands.choices.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                shown = f"(default: {action.default})"
+                assert shown in text, (name, action.option_strings, text)
+        options = {o for a in command._actions for o in a.option_strings}
+        if "--storage" in options:
+            assert "environment: REGSEARCH_STORAGE" in text, (name, text)
+        if "--mlflow" in options:
+            assert "REGSEARCH_MLFLOW" in text.split("environment:")[-1], (name, text)
+        if name in ("run", "worker"):
+            assert "KERAS_BACKEND" in text and "CUDA_VISIBLE_DEVICES" in text, text
+    assert "-f" in {o for a in subcommands.choices["export"]._actions for o in a.option_strings}
+
+
 # --------------------------------------------------------------------------- resume
 
 def test_second_run_with_more_trials_continues_the_study(finished_study: Finished,
@@ -175,6 +214,21 @@ def test_second_run_with_more_trials_continues_the_study(finished_study: Finishe
 
 
 # --------------------------------------------------------------------------- spec changed
+
+def test_rerunning_a_spent_study_answers_without_training(finished_study: Finished,
+                                                         tmp_path: Path) -> None:
+    """The summary at once (no data or TensorFlow loaded), and how to extend the budget."""
+    spec, url = finished_study.copy_to(tmp_path)
+    study_file = write_study(tmp_path, spec)
+    again = cli(tmp_path, "run", study_file.name)
+    assert again.returncode == 0, show(again)
+    assert "its budget is spent (3 of 3 trials); to add 3 more: regsearch run study.yaml " \
+           "--trials 6" in again.stderr, show(again)
+    assert "loading the data and TensorFlow" not in again.stderr, show(again)
+    best = cli(tmp_path, "best", spec["name"], "--storage", url)
+    assert again.stdout == best.stdout, show(again)
+    assert [t.number for t in trials_of(url, spec["name"])] == [0, 1, 2]  # nothing new
+
 
 @pytest.mark.parametrize(("change", "field"), [
     ({"space": {"dropout": {"low": 0.0, "high": 0.4}}}, "space.dropout.high"),
@@ -257,8 +311,9 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_continues(tmp_path: Path) -> 
         assert reader.wait_for("trial 0 ", proc, timeout=150), reader.text()
         # Interrupt trial 1 mid-fit: its start (tf.function tracing) and end (gc) are
         # windows where TensorFlow can mangle or swallow the KeyboardInterrupt.
-        seconds = re.search(r"epochs, ([0-9.]+)s\]", reader.first("trial 0 "))
-        time.sleep(max(1.5, 0.5 * float(seconds.group(1)) if seconds else 3.0))
+        took = re.search(r"epochs, ([0-9.]+) (ms|s)\]", reader.first("trial 0 "))
+        seconds = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1) if took else 6
+        time.sleep(max(1.5, 0.5 * seconds))
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
         proc.wait(timeout=30)  # not communicate(): the reader thread owns stderr
@@ -415,6 +470,19 @@ def test_read_only_commands_refuse_a_missing_database_and_create_none(
     assert_user_error(cli(tmp_path, *command, "--storage", url),
                       "no study database at", "run a study first, or pass --storage")
     assert not (tmp_path / "typo").exists()
+
+
+def test_ui_refuses_a_missing_store_and_an_unknown_study(finished_study: Finished,
+                                                        tmp_path: Path) -> None:
+    """As `best` does: a typo must not serve (and create) an empty store."""
+    missing = sqlite_url(tmp_path, "typo/mlflow.db")
+    assert_user_error(cli(tmp_path, "ui", "--mlflow", missing), "no MLflow store at",
+                      "run a study first, or pass --mlflow")
+    assert not (tmp_path / "typo").exists()
+    store = sqlite_url(finished_study.folder, "runs/mlflow.db")
+    assert (finished_study.folder / "runs" / "mlflow.db").is_file()
+    assert_user_error(cli(tmp_path, "ui", "nope", "--mlflow", store), "no study named 'nope'",
+                      finished_study.name)
 
 
 def test_sync_names_a_missing_study_and_an_unreachable_mlflow(finished_study: Finished,

@@ -63,7 +63,8 @@ def assert_records_agree(storage: str, mlflow: str, name: str) -> None:
     assert sorted(numbers) == [t.number for t in trials], (sorted(numbers), shown)
     status = {int(run.data.tags["regsearch.trial"]): run.info.status for run in runs}
     for trial in trials:
-        expected = "FINISHED" if trial.state == TrialState.COMPLETE else "KILLED"
+        expected = "FINISHED" if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) \
+            else "KILLED"
         assert status[trial.number] == expected, (trial.number, status[trial.number], shown)
     [parent] = role(mlflow_runs(mlflow, name), "parent")
     assert parent.info.status == "FINISHED"

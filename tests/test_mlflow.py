@@ -8,6 +8,7 @@ Password checks use a secret that must never appear in MLflow or in anything pri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,7 +35,8 @@ pytestmark = [pytest.mark.slow]
 
 SECRET = "s3cretPW"
 CLI_TIMEOUT = 240  # seconds for one CLI call; a hang fails the test instead of blocking CI
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+# Pruning is a normal end (FINISHED, its state in a tag); KILLED is for stopped processes.
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
 OPTUNA_STATE = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                 TrialState.FAIL: "failed"}
 EPOCH_KEYS = ("train_loss", "val_loss", "val_{metric}", "penalty")
@@ -393,12 +395,18 @@ def test_one_nested_child_run_per_trial_with_its_params(recorded: Recorded) -> N
         assert len(view["runs"]) == len(trials) + 1  # nothing but parent and children
         for t in trials:
             run = runs[t.number]
-            assert run["run_name"] == f"trial-{t.number:04d}"
+            config = space.from_params(t.params)
+            assert run["run_name"] == config.short_name(t.number)
+            assert run["run_name"].startswith(f"t{t.number:04d} ")
             assert run["tags"]["mlflow.parentRunId"] == parent_id
             assert run["tags"]["regsearch.study"] == name
-            config = space.from_params(t.params)
             params = run["params"]
-            assert set(params) == {"regularizer", "l1", "l2", "dropout"}, params
+            logged = {"regularizer", "l1", "l2", "dropout"}
+            if config.regularizer != "none":  # one log axis for every type
+                logged.add("log10_strength")
+                assert float(params["log10_strength"]) == pytest.approx(
+                    math.log10(config.strength), abs=1e-4)
+            assert set(params) == logged, params
             assert params["regularizer"] == config.regularizer
             for key in ("l1", "l2", "dropout"):
                 assert float(params[key]) == getattr(config, key), (t.number, key, params)
@@ -408,17 +416,20 @@ def test_trial_states_map_to_run_statuses(recorded: Recorded) -> None:
     seen = set()
     for name, trials in recorded.trials.items():
         runs = by_trial(children(recorded.view[name]))
+        objective = "best_" + {"hb": "accuracy", "boom": "rmse"}[name]
         for t in trials:
             run, state = runs[t.number], OPTUNA_STATE[t.state]
             seen.add(state)
             tags = run["tags"]
             assert tags["regsearch.state"] == state, (name, t.number, tags)
             assert run["status"] == STATUS[state], (name, t.number, run["status"])
-            assert tags["regsearch.complete"] == "true"
+            assert tags["regsearch.recorded"] == "true"
             reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("stop_reason") or ""
-            assert tags["regsearch.reason"] == reason
+            assert tags.get("regsearch.reason", "") == reason  # no empty tag
+            assert tags["mlflow.note.content"].startswith(f"Trial {t.number} of study {name}: ")
+            assert (objective in run["metrics"]) == (state == "complete")  # ranked ones only
             if state == "complete":
-                assert same(run["metrics"]["value"], t.value)
+                assert same(run["metrics"][objective], t.value)
             if state == "failed":
                 assert "diverged" in reason
             if state == "pruned":
@@ -458,10 +469,12 @@ def test_best_tags_follow_the_optuna_best_trial(recorded: Recorded) -> None:
     assert (float(tags["best.l1"]), float(tags["best.l2"]), float(tags["best.dropout"])) == (
         config.l1, config.l2, config.dropout)
     assert same(parent["metrics"]["best_accuracy"], best.value)
-    # One point per improvement, at the step of the trial that improved, rising.
+    # One point per improvement, one step each, rising: the last is the tagged best's.
     points = parent["history"]["best_accuracy"]
-    assert points[-1][0] == best.number
-    assert [v for _, v in points] == sorted(v for _, v in points)
+    assert [step for step, _ in points] == list(range(len(points)))
+    values = [v for _, v in points]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert same(values[-1], best.value)
     # A study without a complete trial has no best.
     boom = parents(recorded.view["boom"])[0]
     assert not any(k.startswith("best") for k in boom["tags"]), boom["tags"]
@@ -501,8 +514,11 @@ def test_sync_mends_the_ledger_from_optuna_and_mlflow_from_the_ledger(
     client = MlflowClient(tracking)
     runs = {int(r.data.tags["regsearch.trial"]): r for r in trial_runs(tracking, "hb")}
     client.delete_run(runs[gone.number].info.run_id)
-    client.delete_tag(runs[unended.number].info.run_id, "regsearch.complete")
+    client.delete_tag(runs[unended.number].info.run_id, "regsearch.recorded")
     client.update_run(runs[unended.number].info.run_id, status="RUNNING")
+    earlier = complete[3]  # as an earlier regsearch recorded it: whole, under the old tag
+    client.delete_tag(runs[earlier.number].info.run_id, "regsearch.recorded")
+    client.set_tag(runs[earlier.number].info.run_id, "regsearch.complete", "true")
 
     proc = cli(tmp_path, "sync", "hb", "--storage", storage, "--mlflow", tracking)
     assert proc.returncode == 0, show(proc)
@@ -515,6 +531,8 @@ def test_sync_mends_the_ledger_from_optuna_and_mlflow_from_the_ledger(
     assert trial_numbers(after) == [t.number for t in recorded.trials["hb"]]  # one each
     status = {int(r.data.tags["regsearch.trial"]): r.info.status for r in after}
     assert status[gone.number] == status[unended.number] == "FINISHED"
+    kept = [r for r in after if r.data.tags["regsearch.trial"] == str(earlier.number)]
+    assert [r.info.run_id for r in kept] == [runs[earlier.number].info.run_id]  # not rewritten
     assert "RUNNING" not in status.values()
     ledger.engine.dispose()
 
@@ -599,7 +617,7 @@ def test_the_parents_best_is_the_best_any_worker_found(tmp_path: Path) -> None:
     assert run.data.metrics["best_accuracy"] == 0.99
     assert run.data.tags["best.trial"] == "3" and float(run.data.tags["best.l2"]) == 3e-3
     history = writer.client.get_metric_history(parent, "best_accuracy")
-    assert [(p.step, p.value) for p in history] == [(5, 0.98), (5, 0.99)]
+    assert [(p.step, p.value) for p in history] == [(0, 0.98), (1, 0.99)]
 
     # Two workers' writes crossed: one read the history before the other's point landed, so
     # the tags name trial 9 while the shown point is trial 3's. A stopping worker settles it
@@ -612,7 +630,14 @@ def test_the_parents_best_is_the_best_any_worker_found(tmp_path: Path) -> None:
         writer.set_best(parent, finished(3, 0.99), "accuracy", "maximize", settle=True)
     run = writer.client.get_run(parent)
     assert (run.data.tags["best.trial"], run.data.metrics["best_accuracy"]) == ("3", 0.99)
-    assert len(writer.client.get_metric_history(parent, "best_accuracy")) == 4
+    assert len(writer.client.get_metric_history(parent, "best_accuracy")) == 3  # tags only
+
+    # A tie on the objective won on validation loss renames the best without a new point.
+    writer.set_best(parent, dataclasses.replace(finished(8, 0.99), summary={"val_loss": 0.01}),
+                    "accuracy", "maximize")
+    run = writer.client.get_run(parent)
+    assert run.data.tags["best.trial"] == "8"
+    assert len(writer.client.get_metric_history(parent, "best_accuracy")) == 3
 
 
 # =========================================================================== 2. outage
@@ -703,7 +728,7 @@ def test_sync_backfills_every_trial_once_and_is_idempotent(outage: Outage) -> No
         assert trial_numbers(runs) == numbers  # each trial exactly once
         assert len(everything) == len(runs) + 1  # and one parent
         for r in runs:
-            assert r.data.tags["regsearch.complete"] == "true", r.data.tags
+            assert r.data.tags["regsearch.recorded"] == "true", r.data.tags
             assert r.data.tags["regsearch.state"] == "complete"
             assert r.info.status == "FINISHED"
             assert r.data.metrics["final_epochs_run"] == 4
@@ -823,7 +848,7 @@ def test_a_killed_run_is_closed_as_killed_when_the_study_is_reopened(tmp_path: P
     assert proc.returncode == 0, show(proc)
     runs = trial_runs(tracking, name)
     assert trial_numbers(runs) == [0, 1, 2]
-    assert all(r.data.tags["regsearch.complete"] == "true" for r in runs)
+    assert all(r.data.tags["regsearch.recorded"] == "true" for r in runs)
     abandoned = next(r for r in runs if r.data.tags["regsearch.trial"] == "1")
     assert abandoned.info.status == "KILLED"  # its process was lost: as the reopening said
     assert "process ended" in abandoned.data.tags["regsearch.reason"]
@@ -948,7 +973,7 @@ def test_the_training_process_never_imports_mlflow(make_spec, tmp_path: Path) ->
     runs = client_runs(sqlite_url(tmp_path / "mlflow.db"), "apart")
     trials = [r for r in runs if r.data.tags.get("regsearch.role") == "trial"]
     assert sorted(int(r.data.tags["regsearch.trial"]) for r in trials) == [0, 1, 2]
-    assert all(r.info.status == "FINISHED" and r.data.tags.get("regsearch.complete") == "true"
+    assert all(r.info.status == "FINISHED" and r.data.tags.get("regsearch.recorded") == "true"
                for r in trials)
 
 
@@ -983,7 +1008,7 @@ def test_a_dead_writer_process_is_one_warning_and_the_study_goes_on(
     assert len(warnings) == 1 and f"regsearch sync {spec.name}" in warnings[0], warnings
     runs = client_runs(tracking, spec.name)
     assert [r.data.tags["regsearch.trial"] for r in runs
-            if r.data.tags.get("regsearch.complete") == "true"] == ["0"]
+            if r.data.tags.get("regsearch.recorded") == "true"] == ["0"]
     # what MLflow missed is in the ledger: sync writes the three trials after the kill
     from regsearch.recorders.mlflow_sync import sync_study
 
@@ -1098,7 +1123,7 @@ def test_a_running_trials_epochs_reach_mlflow_while_it_trains(make_spec, tmp_pat
     runs = trial_runs(tracking, spec.name)
     assert sorted(r.data.tags["regsearch.trial"] for r in runs) == ["0", "1", "2"]
     for r in runs:
-        assert r.info.status == "FINISHED" and r.data.tags["regsearch.complete"] == "true"
+        assert r.info.status == "FINISHED" and r.data.tags["regsearch.recorded"] == "true"
         for key in ("train_loss", "val_loss", "val_accuracy", "penalty"):
             steps = [p.step for p in client.get_metric_history(r.info.run_id, key)]
             assert sorted(steps) == [1, 2, 3, 4], (key, steps)

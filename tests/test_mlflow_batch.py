@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from regsearch.recorders.ledger import TrialRecord
-from regsearch.recorders.mlflow import DONE, TRIAL, MlflowWriter
+from regsearch.recorders.mlflow import RECORDED, TRIAL, MlflowWriter
 from regsearch.space import RegConfig
 from regsearch.trainers.base import EpochMetrics
 
@@ -130,17 +130,20 @@ def test_batched_runs_read_back_as_the_clients_per_run_writes(writer: MlflowWrit
     per_run = _write(_per_run(writer), "per-run", early_epochs=early_epochs)
     for number in batched:
         mine, theirs = _seen(writer, batched[number]), _seen(writer, per_run[number])
-        for seen in (mine, theirs):
+        for seen, study in ((mine, "batched"), (theirs, "per-run")):
             seen["tags"]["regsearch.study"] = "<study>"
+            note = seen["tags"]["mlflow.note.content"]
+            seen["tags"]["mlflow.note.content"] = note.replace(f"study {study}:", "study <s>:")
         assert mine == theirs
     complete = _seen(writer, batched[0])
-    assert complete["status"] == "FINISHED" and complete["tags"][DONE] == "true"
+    assert complete["status"] == "FINISHED" and complete["tags"][RECORDED] == "true"
     assert complete["params"] == {"regularizer": "l1_l2", "l1": "0.0001", "l2": "0.003",
-                                  "dropout": "0.25"}
+                                  "dropout": "0.25", "log10_strength": "-3.2614"}
     assert complete["latest"]["val_accuracy"] == pytest.approx(0.62)
     assert len(complete["histories"]["val_loss"]) == 12
     pruned = _seen(writer, batched[1])
-    assert pruned["status"] == "KILLED" and pruned["latest"]["val_loss"] == "nan"
+    assert pruned["status"] == "FINISHED" and pruned["latest"]["val_loss"] == "nan"
+    assert pruned["tags"]["regsearch.state"] == "pruned"
     assert _seen(writer, batched[2])["status"] == "FAILED"
 
 
@@ -148,11 +151,11 @@ def test_found_by_their_tags_as_sync_and_the_recorder_find_runs(writer: MlflowWr
     ids = _write(writer, "found")
     experiment = writer.experiment("found")
     runs = writer.client.search_runs([experiment], f"tags.`{TRIAL}` = '1' and "
-                                                   "attributes.status = 'KILLED'")
+                                                   "tags.`regsearch.state` = 'pruned'")
     assert [run.info.run_id for run in runs] == [ids[1]]
     children = writer.client.search_runs([experiment], "tags.`regsearch.role` = 'trial'")
-    assert sorted(run.info.run_name for run in children) == ["trial-0000", "trial-0001",
-                                                            "trial-0002"]
+    assert sorted(run.info.run_name for run in children) == [
+        "t0000 l1=1e-4 l2=3e-3 d=0.25", "t0001 none d=0.00", "t0002 l2=1e-1 d=0.50"]
 
 
 def _with_a_deleted_run(writer: MlflowWriter, study: str) -> tuple[list[str], list]:
@@ -173,7 +176,7 @@ def test_a_batch_the_store_refuses_writes_nothing(writer: MlflowWriter,
     monkeypatch.setattr(writer, "_finish_run", lambda end: None)  # no per-run writes after
     writer.finish_trials(list(zip(ids, records)), "accuracy")
     untouched = writer.client.get_run(ids[0])
-    assert untouched.info.status == "RUNNING" and DONE not in untouched.data.tags
+    assert untouched.info.status == "RUNNING" and RECORDED not in untouched.data.tags
     assert untouched.data.metrics == {}
     # Per-run writes took what the batch did not: later batches go per run, and say so once.
     assert writer.batch is None
@@ -192,7 +195,7 @@ def test_a_refused_batch_is_written_per_run(writer: MlflowWriter,
     with pytest.raises(Exception, match=ids[1]):
         writer.finish_trials(list(zip(ids, records)), "accuracy")
     ended = writer.client.get_run(ids[0])
-    assert ended.info.status == "FINISHED" and ended.data.tags[DONE] == "true"
+    assert ended.info.status == "FINISHED" and ended.data.tags[RECORDED] == "true"
     assert len(writer.client.get_metric_history(ids[0], "val_loss")) == 12
     # The data was at fault (the per-run writes failed too), not the batch: it stays on.
     assert writer.batch is not None and "warning" not in capsys.readouterr().err
@@ -216,8 +219,9 @@ def test_writers_batching_into_one_experiment_at_once_lose_nothing(
     assert len(written) == writers * rounds
     for ids in written:
         complete = _seen(writer, ids[0])
-        assert complete["status"] == "FINISHED" and complete["tags"][DONE] == "true"
+        assert complete["status"] == "FINISHED" and complete["tags"][RECORDED] == "true"
         assert complete["latest"]["val_accuracy"] == pytest.approx(0.62)
         assert len(complete["histories"]["val_loss"]) == 12
-        assert _seen(writer, ids[1])["status"] == "KILLED"
+        pruned = _seen(writer, ids[1])
+        assert pruned["status"] == "FINISHED" and pruned["tags"]["regsearch.state"] == "pruned"
         assert _seen(writer, ids[2])["status"] == "FAILED"

@@ -1,7 +1,8 @@
-"""`regsearch ui` in a real browser: a study's parent run and its nested trial runs show up.
+"""`regsearch ui` in a real browser: the page it prints is the study's leaderboard, and
+the study's report opens from its parent run.
 
 A tiny study is recorded into a local MLflow store, `regsearch ui` serves it, and headless
-Chromium renders the experiment's runs page. Needs Chromium, which .ci/run installs.
+Chromium renders the pages. Needs Chromium, which .ci/run installs.
 """
 
 from __future__ import annotations
@@ -33,12 +34,8 @@ pytestmark = [
                               ".ci/run installs it"),
 ]
 
-TRIALS = ("trial-0000", "trial-0001", "trial-0002")
-# MLflow 3 opens `#/experiments/<id>` on its GenAI overview; the runs table is the `runs` tab.
-# It nests child runs (collapsed) under their parent only in its default order; sorting by
-# name lists every run flat, so the trials become visible rows.
-RUNS_PAGE = "{base}/#/experiments/{id}/runs"
-FLAT_RUNS_PAGE = RUNS_PAGE + "?orderByKey=tags.%60mlflow.runName%60&orderByAsc=true"
+# The check-circle icon MLflow draws beside a FINISHED run (a failed or killed one differs).
+FINISHED_ICON = 'd="M11.53 6.53 7 11.06 4.47 8.53l1.06-1.06L7 8.94l3.47-3.47z"'
 
 
 def _free_port() -> int:
@@ -76,19 +73,22 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _serving(uri: str, folder: Path) -> Iterator[str]:
-    """`regsearch ui` on the store `uri`, on a free local port, until the block ends: the
-    base URL."""
+def _serving(uri: str, folder: Path, *study: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """`regsearch ui [STUDY]` on the store `uri`, on a free local port, until the block
+    ends: the base URL, and the study pages it printed."""
     base = f"http://127.0.0.1:{_free_port()}"
     log = folder / "ui.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "regsearch", "ui", "--mlflow", uri, "--host", "127.0.0.1",
-             "--port", base.rsplit(":", 1)[1]], stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [sys.executable, "-m", "regsearch", "ui", *study, "--mlflow", uri, "--host",
+             "127.0.0.1", "--port", base.rsplit(":", 1)[1]], stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_until_up(f"{base}/health", server, log)
-        yield base
+        printed = log.read_text().split("(Ctrl-C to stop)")[1].splitlines()
+        pages = dict(line.strip().split(": ", 1) for line in printed
+                     if line.startswith("  ") and ": http" in line)
+        yield base, pages
     finally:
         _stop(server)
 
@@ -101,47 +101,60 @@ def _assert_png(path: Path, size: tuple[int, int]) -> None:
     assert len(data) > 30_000, f"{path} is {len(data)} bytes: a blank page?"
 
 
-def test_ui_shows_the_study_run_and_its_trial_runs(make_spec, tmp_path: Path) -> None:
+def test_the_printed_page_is_the_studys_leaderboard(make_spec, tmp_path: Path) -> None:
+    """`regsearch ui NAME` prints the study's page: MLflow's model-training layout, every
+    run flat, sorted by the objective with the configuration's columns; pruned trials are
+    FINISHED (no failure icon). Without the view, the trials fold under the parent run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = make_spec(mlflow={"tracking_uri": uri}, search={"n_trials": 3, "pruner": "none"})
+    spec = make_spec(mlflow={"tracking_uri": uri}, train__epochs=4,
+                     search={"n_trials": 8, "pruner": "hyperband"})
     study_run = opening.open_run(spec)
     driver.run_study(study_run, make_trainer(study_run))
 
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.get_experiment_by_name("tiny").experiment_id
-    runs = {r.info.run_name: r for r in client.search_runs([experiment_id])}
-    assert sorted(runs) == ["tiny", *TRIALS]
-    parent_id = runs["tiny"].info.run_id
-    assert all(runs[t].data.tags["mlflow.parentRunId"] == parent_id for t in TRIALS)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    trials = {n: r for n, r in runs.items() if r.data.tags["regsearch.role"] == "trial"}
+    assert len(trials) == 8 and all(n.startswith("t000") for n in trials), sorted(runs)
+    pruned = [n for n, r in trials.items() if r.data.tags["regsearch.state"] == "pruned"]
+    assert pruned and all(trials[n].info.status == "FINISHED" for n in pruned), sorted(runs)
 
-    with _serving(uri, tmp_path) as base:
-        nested_dom = render(RUNS_PAGE.format(base=base, id=experiment_id),
-                            tmp_path / "experiment-nested.png")
-        flat_dom = render(FLAT_RUNS_PAGE.format(base=base, id=experiment_id),
-                          tmp_path / "experiment.png")
+    with _serving(uri, tmp_path, "tiny") as (base, pages):
+        page = pages["tiny"]
+        assert page == (f"{base}/#/experiments/{experiment.experiment_id}/runs?"
+                        "workflowType=machine_learning&viewStateShareKey=regsearch"), pages
+        board_dom = render(page, tmp_path / "leaderboard.png")
+        runs_page = page.split("&")[0]  # the runs page without the view
+        nested_dom = render(runs_page, tmp_path / "experiment-nested.png")
 
     def link(name: str) -> str:
-        return f'href="#/experiments/{experiment_id}/runs/{runs[name].info.run_id}"'
+        return f'href="#/experiments/{experiment.experiment_id}/runs/{runs[name].info.run_id}"'
 
-    # Default view: one row, the study's parent run, with the three trials folded under it.
+    board = page_text(board_dom)
+    assert "Token Usage" not in board and "Runs" in board, board[:2000]  # not GenAI's pages
+    assert "Sort: best_accuracy" in board, board[:2000]
+    for column in ("best_accuracy", "final_val_loss", "dropout", "log10_strength"):
+        assert column in board, (column, board[:2000])
+    # every run a row, in the objective's order; the unranked (pruned) ones after the rest
+    order = sorted(runs, key=lambda name: board_dom.find(link(name)))
+    assert all(board_dom.find(link(name)) >= 0 for name in runs), board[:3000]
+    scores = [runs[name].data.metrics.get("best_accuracy") for name in order]
+    ranked = [score for score in scores if score is not None]
+    assert scores[:len(ranked)] == ranked and ranked == sorted(ranked, reverse=True), order
+    assert board_dom.count(FINISHED_ICON) == len(runs), "a run is drawn as not finished"
+
     nested = page_text(nested_dom)
-    assert "Training runs" in nested and "4 matching runs" in nested, nested[:2000]
-    assert link("tiny") in nested_dom and ">tiny<" in nested_dom
-    assert not any(link(t) in nested_dom for t in TRIALS), "trial runs are not nested"
+    assert "Token Usage" not in nested and "9 matching runs" in nested, nested[:2000]
+    assert link("tiny") in nested_dom
+    assert not any(link(name) in nested_dom for name in trials), "trial runs are not nested"
 
-    # Flat view: every run is a row linking to its run page, in name order.
-    flat = page_text(flat_dom)
-    assert "4 matching runs" in flat, flat[:2000]
-    assert all(f" {t} " in f" {flat} " for t in TRIALS), flat[:2000]
-    rows = [flat_dom.find(link(name)) for name in ("tiny", *TRIALS)]
-    assert -1 not in rows and rows == sorted(rows), "runs missing or out of name order"
-
-    for png in ("experiment.png", "experiment-nested.png"):
+    for png in ("leaderboard.png", "experiment-nested.png"):
         _assert_png(tmp_path / png, (1600, 1000))
     if os.environ.get("REGSEARCH_SCREENSHOT_DIR"):
         keep = Path(os.environ["REGSEARCH_SCREENSHOT_DIR"])
         keep.mkdir(parents=True, exist_ok=True)
-        for png in ("experiment.png", "experiment-nested.png"):
+        for png in ("leaderboard.png", "experiment-nested.png"):
             shutil.copy(tmp_path / png, keep / png)
 
 
@@ -167,7 +180,8 @@ def test_ui_opens_the_study_report_from_the_parent_runs_artifacts(make_spec,
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name(spec.name).experiment_id
 
-    with _serving(uri, tmp_path) as base:
+    with _serving(uri, tmp_path) as (base, pages):
+        assert list(pages) == [spec.name], pages  # without a NAME: every study's page
         page = (f"{base}/#/experiments/{experiment_id}/runs/{done.mlflow_run}/artifacts/"
                 "report/report.html")
         dom = render(page, tmp_path / "report-in-mlflow.png", window=(1600, 2400))

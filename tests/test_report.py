@@ -3,7 +3,6 @@ browser with every figure drawn, and it is an artifact of the study's MLflow par
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -194,17 +193,3 @@ def test_nothing_to_draw_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "reports").exists()
     assert_user_error(cli(tmp_path, "report", "nope", "--storage", storage, "--no-mlflow"),
                       "no study named 'nope'")
-
-
-def test_strength_of_each_type() -> None:
-    from regsearch.recorders.ledger import TrialRecord
-    from regsearch.space import RegConfig
-    from regsearch.study_report import strength
-
-    def record(config: RegConfig) -> TrialRecord:
-        return TrialRecord("s", 0, "complete", config)
-
-    assert strength(record(RegConfig("l1", l1=1e-3, l2=0.5))) == 1e-3  # unused l2 ignored
-    assert strength(record(RegConfig("l2", l2=1e-4))) == 1e-4
-    assert math.isclose(strength(record(RegConfig("l1_l2", l1=1e-4, l2=1e-2))) or 0, 1e-3)
-    assert strength(record(RegConfig("none", dropout=0.2))) is None

@@ -891,3 +891,25 @@ def test_shipped_studies_name_the_schema_and_follow_it() -> None:
         text = path.read_text(encoding="utf-8")
         assert text.startswith("# yaml-language-server: $schema=regsearch.schema.json\n"), path
         assert not schema_errors(yaml.safe_load(text)), path
+
+
+def test_a_configs_one_strength_and_its_short_name() -> None:
+    """One strength per configuration for log axes (plots, MLflow's `log10_strength`), and
+    run names that sort in trial order and show only what the type uses."""
+    import math
+
+    from regsearch.space import RegConfig
+
+    assert RegConfig("l1", l1=1e-3, l2=0.5).strength == 1e-3  # an unused l2 is ignored
+    assert RegConfig("l2", l2=1e-4).strength == 1e-4
+    assert math.isclose(RegConfig("l1_l2", l1=1e-4, l2=1e-2).strength or 0, 1e-3)
+    assert RegConfig("none", dropout=0.2).strength is None
+    assert RegConfig("l2", l2=3e-4, dropout=0.15).short_name(7) == "t0007 l2=3e-4 d=0.15"
+    assert RegConfig("l1_l2", l1=3.25e-5, l2=0.1).short_name(12) == "t0012 l1=3.2e-5 l2=1e-1 d=0.00"
+    assert RegConfig("l1", l1=1e-3, l2=0.5, dropout=0.5).short_name(0) == "t0000 l1=1e-3 d=0.50"
+    assert RegConfig("none", dropout=0.05).short_name(3) == "t0003 none d=0.05"
+    # a trial cut off before its regularizer was chosen (`liveness.config_of`)
+    unset = RegConfig("unset", dropout=0.0)
+    assert unset.short_name(4) == "t0004 unset d=0.00" and unset.strength is None
+    names = [RegConfig("l2", l2=1e-3).short_name(n) for n in (2, 10, 1, 999)]
+    assert sorted(names) == [names[2], names[0], names[1], names[3]]

@@ -30,6 +30,8 @@ from regsearch.recorders.mlflow_confirm import SOURCE_TAG, ConfirmationWrites
 from regsearch.recorders.mlflow_identity import UID_TAG, check_owner
 from regsearch.recorders.mlflow_process import problem_line
 from regsearch.recorders.mlflow_store import seed_new_store
+from regsearch.recorders.mlflow_view import (EXPERIMENT_KIND, NOTE, VIEW_TAG, objective_key,
+                                             run_params, trial_note, view_state)
 from regsearch.space import RegConfig
 from regsearch.states import KillReason, State
 from regsearch.objective import is_better, ranks_above
@@ -38,9 +40,13 @@ from regsearch.trainers.base import EpochMetrics
 
 log = logging.getLogger("regsearch")
 
-ROLE, STUDY, TRIAL, STATE, DONE = ("regsearch.role", "regsearch.study", "regsearch.trial",
-                                   "regsearch.state", "regsearch.complete")
-_STATUS = {State.COMPLETE: "FINISHED", State.PRUNED: "KILLED", State.FAILED: "FAILED"}
+ROLE, STUDY, TRIAL, STATE = ("regsearch.role", "regsearch.study", "regsearch.trial",
+                             "regsearch.state")
+#: On a trial's run once everything of it is written ("the record is whole", not "the trial
+#: completed"); earlier regsearch versions named it `regsearch.complete`.
+RECORDED, OLD_RECORDED = "regsearch.recorded", "regsearch.complete"
+#: A pruned trial ended normally (the pruner stopped it): FINISHED, its state in a tag.
+_STATUS = {State.COMPLETE: "FINISHED", State.PRUNED: "FINISHED", State.FAILED: "FAILED"}
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
 T = TypeVar("T")
 
@@ -93,9 +99,13 @@ class MlflowWriter(ConfirmationWrites):
         """The study's experiment, made if missing; one that holds another study of the
         same name is refused (`mlflow_identity`), one made before study ids adopted."""
         found = self.client.get_experiment_by_name(study_name)
+        kind, training = EXPERIMENT_KIND
         if found is None:
             return self.client.create_experiment(study_name, artifact_location=_subdir(
-                artifact_root(self.tracking_uri), study_name), tags={UID_TAG: uid} if uid else None)
+                artifact_root(self.tracking_uri), study_name),
+                tags={kind: training, **({UID_TAG: uid} if uid else {})})
+        if found.tags.get(kind) != training:  # made by an earlier regsearch
+            self.client.set_experiment_tag(found.experiment_id, kind, training)
         if uid:
             check_owner(self.tracking_uri, study_name, uid, found.tags)
             if found.tags.get(UID_TAG) is None:
@@ -108,16 +118,24 @@ class MlflowWriter(ConfirmationWrites):
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            self._set_view(experiment_id, run_id, info)
             return run_id
         run = self.client.create_run(experiment_id, run_name=info["name"],
                                      tags={ROLE: "parent", STUDY: info["name"],
                                            "regsearch.spec_hash": info["spec_hash"]})
+        self._set_view(experiment_id, run.info.run_id, info)
         params = {**flatten(info["spec"]), "metric": info["metric"],
                   "direction": info["direction"], "storage": mask_url(storage_url)}
         self._log(run.info.run_id, params=params)
         self.client.log_text(run.info.run_id, yaml.safe_dump(info["spec"], sort_keys=False),
                              "spec.yaml")
         return run.info.run_id
+
+    def _set_view(self, experiment_id: str, parent_id: str, info: dict[str, Any]) -> None:
+        """The experiment's ready runs view (`mlflow_view`), kept current."""
+        view = view_state(info["metric"], info["direction"], parent_id)
+        if self.client.get_experiment(experiment_id).tags.get(VIEW_TAG) != view:
+            self.client.set_experiment_tag(experiment_id, VIEW_TAG, view)
 
     def start_trial(self, experiment_id: str, parent_id: str, study_name: str, number: int,
                     config: RegConfig, started: datetime | None = None,
@@ -131,10 +149,10 @@ class MlflowWriter(ConfirmationWrites):
         """A RUNNING child run per trial, with its config as params; the run ids, in order.
 
         `started` is when the trials began, not when this (possibly late) write happens."""
-        runs = [NewRun(f"trial-{number:04d}", epoch_ms(started), tags={
+        runs = [NewRun(config.short_name(number), epoch_ms(started), tags={
             "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study_name, TRIAL: str(number),
-            STATE: "running", **(tags or {})}, params={
-            k: str(v) for k, v in config.as_dict().items()}) for number, config in trials]
+            STATE: "running", **(tags or {})}, params=run_params(config))
+            for number, config in trials]
         return self._batched(lambda batch: batch.start_runs(experiment_id, runs),
                              lambda: [self._start_run(experiment_id, run) for run in runs])
 
@@ -157,21 +175,26 @@ class MlflowWriter(ConfirmationWrites):
                       lambda: list(map(self._finish_run, ends)))
 
     @staticmethod
-    def _run_end(run_id: str, record: TrialRecord, metric: str) -> RunEnd:
-        """A run's end from its record: epochs, final numbers, status and state tags."""
+    def _run_end(run_id: str, record: TrialRecord, metric: str, *,
+                 note: str | None = None) -> RunEnd:
+        """A run's end from its record: epochs, final numbers, status and state tags, and
+        `note` as its description (a search trial's own, unless given)."""
         stamp = epoch_ms(record.finished) or int(time.time() * 1000)
         metrics = _epoch_points(record.epochs, metric, stamp)
         metrics += [Metric(f"final_{k}", float(v), stamp, 0)
                     for k, v in record.summary.items() if v is not None]
-        if record.value is not None:
-            metrics.append(Metric("value", record.value, stamp, 0))
+        if record.value is not None and record.state == State.COMPLETE and note is None:
+            # The objective as the search ranks it; a pruned trial is not ranked (the value
+            # it was pruned at is its `val_<metric>` curve's latest point).
+            metrics.append(Metric(objective_key(metric), record.value, stamp, 0))
         members = [value for value in record.members if value is not None]
         metrics += [Metric(f"member_{j}_{metric}", value, stamp, 0)
                     for j, value in enumerate(members)]
         if len(members) > 1:
             metrics.append(Metric("member_sd", statistics.stdev(members), stamp, 0))
         return RunEnd(run_id, _status(record), epoch_ms(record.finished), metrics, {
-            STATE: record.state, "regsearch.reason": record.reason or "", DONE: "true"})
+            STATE: record.state, **({"regsearch.reason": record.reason} if record.reason else {}),
+            NOTE: note or trial_note(record, metric), RECORDED: "true"})
 
     def _finish_run(self, end: RunEnd) -> None:
         self.client.set_terminated(end.run_id, end.status, end_time=end.end_time)
@@ -223,7 +246,8 @@ class MlflowWriter(ConfirmationWrites):
         Returns the run id and whether a run was written (False: a complete one was there).
         """
         existing = self._find(experiment_id, f"tags.`{TRIAL}` = '{record.number}'")
-        complete = [r for r in existing if r.data.tags.get(DONE) == "true"]
+        complete = [r for r in existing if "true" in (r.data.tags.get(RECORDED),
+                                                      r.data.tags.get(OLD_RECORDED))]
         if complete:
             return complete[0].info.run_id, False
         for partial in existing:
@@ -236,8 +260,9 @@ class MlflowWriter(ConfirmationWrites):
     def set_best(self, parent_id: str, record: TrialRecord, metric: str, direction: str, *,
                  settle: bool = False) -> None:
         """Name `record` the study's best unless the parent already holds one as good: other
-        workers write the parent too. The point's step is the trial's number, or the last
-        step if that is higher, since MLflow shows the point with the highest step.
+        workers write the parent too. One point per improvement, each a step above the last
+        (MLflow shows the point with the highest step: the one the `best.*` tags name); a
+        new best of the same value (won on validation loss) changes the tags alone.
 
         With `settle`, `record` is the best read from the study itself (a worker stopping, or
         sync): it is written unless the parent names it already, which mends two workers'
@@ -245,7 +270,7 @@ class MlflowWriter(ConfirmationWrites):
         """
         if record.value is None:
             return
-        key = f"best_{metric}"
+        key = objective_key(metric)
         history = self.client.get_metric_history(parent_id, key)
         shown = self.client.get_run(parent_id).data
         val_loss = record.summary.get("val_loss")
@@ -271,9 +296,11 @@ class MlflowWriter(ConfirmationWrites):
                 "best.l1": str(config.l1), "best.l2": str(config.l2),
                 "best.dropout": str(config.dropout),
                 **({"best.val_loss": str(val_loss)} if val_loss is not None else {})}
-        step = max([record.number, *(point.step for point in history)])
-        self._log(parent_id, metrics=[Metric(key, record.value,
-                                             int(time.time() * 1000), step)], tags=tags)
+        latest = max(history, key=lambda p: (p.step, p.timestamp), default=None)
+        improvement = [] if latest is not None and latest.value == record.value else [
+            Metric(key, record.value, int(time.time() * 1000),
+                   latest.step + 1 if latest is not None else 0)]
+        self._log(parent_id, metrics=improvement, tags=tags)
 
     def close_stale(self, experiment_id: str, failed: set[int]) -> list[int]:
         """Trial runs still RUNNING whose trial failed (its process died) become KILLED.

@@ -32,7 +32,8 @@ class ConfirmationWrites:
                      per_run: Callable[[], Any]) -> Any: ...
         def _start_run(self, experiment_id: str, new: NewRun) -> str: ...
         @staticmethod
-        def _run_end(run_id: str, record: TrialRecord, metric: str) -> RunEnd: ...
+        def _run_end(run_id: str, record: TrialRecord, metric: str, *,
+                     note: str | None = None) -> RunEnd: ...
         def _finish_run(self, end: RunEnd) -> None: ...
         def _log(self, run_id: str, *, metrics: Iterable[Metric] = (),
                  tags: dict[str, str] | None = None) -> None: ...
@@ -56,8 +57,8 @@ class ConfirmationWrites:
                                         "seed": str(run.seed)}))
         ids = self._batched(lambda batch: batch.start_runs(experiment_id, new),
                             lambda: [self._start_run(experiment_id, n) for n in new])
-        ends = [self._run_end(run_id, record, metric)
-                for run_id, (_, record) in zip(ids, runs)]
+        ends = [self._run_end(run_id, record, metric, note=_note(run, record, metric))
+                for run_id, (run, record) in zip(ids, runs)]
         self._batched(lambda batch: batch.finish_runs(ends),
                       lambda: list(map(self._finish_run, ends)))
         return ids
@@ -80,3 +81,13 @@ class ConfirmationWrites:
                 "regsearch.verdict": verdict[:4000]}
         self._log(parent_id, metrics=[Metric(f"confirmed_{metric}", score["mean"],
                                              int(time.time() * 1000), 0)], tags=tags)
+
+
+def _note(run: PlannedRun, record: TrialRecord, metric: str) -> str:
+    """A confirmation run's description on its MLflow page (its score is not ranked with
+    the search's trials: it has no `best_<metric>`)."""
+    source = "the unregularized default" if run.is_default else f"trial {run.trial}'s"
+    score = f"{metric} {record.value:.4f}" if record.value is not None else record.state
+    return (f"Confirmation: {source} configuration ({run.config.describe()}) trained again "
+            f"with fresh seed #{run.seed_index} ({run.seed}): {score}. The study's "
+            f"confirmed result is on the parent run (`confirmed_{metric}`, `best.*` tags).")
