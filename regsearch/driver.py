@@ -220,7 +220,8 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
                 if run.spec.search.sampler == "grid":
                     _enqueue_grid(run, min(room, wanted))
                 for _ in range(min(room, wanted)):
-                    asked.append(_Running(run.study.ask(), None, listeners, pruning))
+                    asked.append(_Running(run.study.ask(), None, listeners, pruning,
+                                          run.spec.train.epochs))
                     faults.point("ask")
                     if heartbeat is not None:
                         heartbeat.add(trial_id_of(asked[-1].trial))
@@ -284,6 +285,9 @@ class _Running:
     config: RegConfig | None
     listeners: Sequence[Listener]
     pruning: bool
+    #: the most epochs a trial trains: a pruner's "stop" at the last one would only turn a
+    #: fully trained trial into a pruned one (Hyperband's top rung can fall there)
+    epochs: int
     unreported: dict[int, float] = field(default_factory=dict)
 
     @property
@@ -304,7 +308,7 @@ class _Running:
             self.unreported[metrics.epoch] = metrics.val_metric
             return False
         self.trial.report(metrics.val_metric, metrics.epoch)
-        return self.trial.should_prune()
+        return metrics.epoch < self.epochs and self.trial.should_prune()
 
 
 def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
