@@ -8,7 +8,6 @@ study, this process's and earlier or other processes' alike.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from typing import TextIO
@@ -57,7 +56,7 @@ class Progress(Listener):
 
             total = None if run.budget >= UNLIMITED else run.budget
             self.bar = tqdm(total=total, initial=min(run.done, run.budget), unit="trial",
-                            file=self.stream, ncols=min(shutil.get_terminal_size().columns, 120),
+                            file=self.stream, dynamic_ncols=True, postfix=self._postfix(),
                             bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}"
                                        "{postfix}]")
             self._refresh()
@@ -107,10 +106,12 @@ class Progress(Listener):
         assert self.bar is not None
         share = sum(min(e, self.epochs) / self.epochs for e in self.running.values())
         self.bar.n = round(self.done + share, 2)
-        counts = ", ".join(f"{n} {state}" for state, n in self.ended.items())
-        self.bar.set_postfix_str(f"{counts}; {self._best_text()}{self._time_left()}",
-                                 refresh=False)
+        self.bar.set_postfix_str(self._postfix(), refresh=False)
         self.bar.refresh()
+
+    def _postfix(self) -> str:
+        counts = ", ".join(f"{n} {state}" for state, n in self.ended.items())
+        return f"{counts}; {self._best_text()}{self._time_left()}"
 
     def close(self) -> None:
         if self.bar is not None:

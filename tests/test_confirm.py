@@ -163,6 +163,9 @@ def test_confirmation_records_each_run_once_and_names_the_best(make_spec, tmp_pa
     runs = mlflow_runs(run.spec.mlflow.tracking_uri, "confirmed", "confirmation")
     assert len(runs) == len(rows) and {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(r.info.run_id for r in runs) == sorted(r.mlflow_run_id for r in rows)
+    for r in runs:  # described as what they are, and not ranked with the search's trials
+        assert r.data.tags["mlflow.note.content"].startswith("Confirmation: "), r.data.tags
+        assert "best_accuracy" not in r.data.metrics, r.data.metrics
     summary = results.study_summary(run.study, run.storage_url)
     best, table = summary["best"], summary["confirmation"]["configurations"]
     assert best["source"] == "confirmation" and best["confirmed"] == table[0]

@@ -175,8 +175,8 @@ def test_a_study_whose_every_trial_diverges_says_so_on_a_clean_stderr(tmp_path: 
                       search={"n_trials": 3})
     proc = cli(tmp_path, "run", write_study(tmp_path, spec).name)
     assert proc.returncode == 2, show(proc)
-    errors = [line for line in proc.stderr.splitlines() if not line.startswith(("study ",
-                                                                              "trial "))]
+    errors = [line for line in proc.stderr.splitlines()
+              if not line.startswith(("study ", "  data: ", "trial "))]
     assert errors == ["regsearch: error: all 3 trials of 'boom' diverged (their loss became "
                       "NaN or infinite); lower train.learning_rate (now 10000), e.g. to 1000, "
                       "or use optimizer: adam, then run again with a new `name:`"], show(proc)

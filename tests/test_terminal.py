@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BAR = re.compile(r"(\d+\.\d)/(\d+) .*?(\d+) complete, (\d+) pruned, (\d+) failed; "
-                 r"(?:best (\w+)=([0-9.]+) \(#(\d+)\)|no complete trial yet)")
+                 r"(?:search best (\w+)=([0-9.]+) \(#(\d+)\)|no complete trial yet)")
 
 
 class Terminal:
@@ -99,7 +99,8 @@ def test_a_run_says_at_once_what_it_does_then_counts_how_trials_end(tmp_path: Pa
     assert first_at < 15, (first_at, text)
     assert text.index("loading the data") < text.index("0 of 10 trials already done")
     bars = screen.bars()
-    assert len(bars) >= 3, text
+    drawn = [piece for piece in re.split(r"[\r\n]", text) if "/10 [" in piece]
+    assert len(bars) >= 3 and len(bars) == len(drawn), drawn  # none cut short
     done = [float(b.group(1)) for b in bars]
     assert done == sorted(done) and done[-1] == 10.0, done  # moves forward, ends at the budget
     assert any(not d.is_integer() for d in done), done  # running trials move it between ends
