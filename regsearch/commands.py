@@ -129,13 +129,13 @@ def _spent_study(spec: Any, args: argparse.Namespace) -> str | None:
     except RegsearchError:
         return None
     trials = study.get_trials(deepcopy=False)
-    if study.user_attrs.get(HASH_ATTR) != spec.spec_hash or count_done(trials) < budget or \
+    done = count_done(trials)
+    if study.user_attrs.get(HASH_ATTR) != spec.spec_hash or done < budget or \
             any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
         return None
     summary = results.study_summary(study, url)
     if spec.confirm is not None and summary["confirmation"] is None:
         return None
-    done = count_done(trials)
     print(f"study {spec.name}: its budget is spent ({trials_of(done, budget)}); to add "
           f"{budget} more: regsearch run {args.study} --trials {done + budget}",
           file=sys.stderr, flush=True)

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TextIO
 
+from optuna.trial import TrialState
+
 from regsearch.protocols import Listener
 from regsearch.opening import StudyRun
 from regsearch.space import RegConfig
@@ -47,7 +49,7 @@ class Progress(Listener):
         self.epochs = max(1, run.spec.train.epochs)
         self.done = run.done
         for trial in run.study.get_trials(deepcopy=False):
-            if trial.value is not None and trial.state.name == "COMPLETE":
+            if trial.value is not None and trial.state == TrialState.COMPLETE:
                 self._consider(trial.number, (trial.value, trial.user_attrs.get("val_loss")))
         self._say(f"study {run.spec.name}: {trials_of(run.done, run.budget)} already done")
         self._say(f"  data: {run.data.description}")

@@ -8,7 +8,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from regsearch.states import State
-from regsearch.study_report import Drawn, strength
+from regsearch.study_report import Drawn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -61,7 +61,7 @@ def importance(finished: list[TrialRecord], study: Any, metric: str) -> Drawn:
     if len(complete) > IMPORTANCE_TRIALS:
         complete = random.Random(0).sample(complete, IMPORTANCE_TRIALS)
         drawn.note = f"estimated on {IMPORTANCE_TRIALS} trials sampled at random"
-    strengths = [math.log10(x) for x in map(strength, complete) if x]
+    strengths = [math.log10(x) for x in (r.config.strength for r in complete) if x]
     floor = min(strengths, default=-6.0)
     kinds = sorted({r.config.regularizer for r in complete})
     dropouts = [r.config.dropout for r in complete]
@@ -72,7 +72,7 @@ def importance(finished: list[TrialRecord], study: Any, metric: str) -> Drawn:
     derived = optuna.create_study(direction=study.direction)
     derived.add_trials([optuna.trial.create_trial(
         params={"regularizer": r.config.regularizer, "dropout": r.config.dropout,
-                "log10_strength": math.log10(strength(r) or 10 ** floor)},
+                "log10_strength": math.log10(r.config.strength or 10 ** floor)},
         distributions=distributions, value=r.value) for r in complete])
     try:
         drawn.figure = _optuna_figure(optuna.visualization.matplotlib.plot_param_importances,

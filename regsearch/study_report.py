@@ -48,11 +48,6 @@ class Report:
     mlflow_run: str | None = None  # the parent run holding them as artifacts
 
 
-def strength(record: TrialRecord) -> float | None:
-    """The trial's one strength for the plots (`RegConfig.strength`)."""
-    return record.config.strength
-
-
 def build(name: str, storage_url: str, out: Path, *,
           tracking_uri: str | None = None) -> Report:
     """Write `out`/report.html and one PNG per figure, and log them to the study's MLflow
@@ -150,7 +145,7 @@ def _path(finished: list[TrialRecord], summary: dict[str, Any], metric: str) -> 
     title = "Regularization path: the objective against strength"
     drawn = Drawn("regularization_path", title, None, band=_default_band(summary))
     for record in finished:
-        x = strength(record)
+        x = record.config.strength
         if x is not None:
             drawn.series.setdefault(record.config.regularizer, []).append((x, record.value or 0))
     if not drawn.series:
@@ -158,7 +153,7 @@ def _path(finished: list[TrialRecord], summary: dict[str, Any], metric: str) -> 
         return drawn
     figure, (top, bottom) = _new(title, rows=2)
     for kind in sorted(drawn.series):
-        records = [r for r in finished if r.config.regularizer == kind and strength(r)]
+        records = [r for r in finished if r.config.regularizer == kind and r.config.strength]
         for state, filled in ((State.COMPLETE, True), (State.PRUNED, False)):
             chosen = [r for r in records if r.state == state]
             if not chosen:
@@ -166,8 +161,8 @@ def _path(finished: list[TrialRecord], summary: dict[str, Any], metric: str) -> 
             style = {"color": COLOURS[kind], "s": 22,
                      "facecolors": COLOURS[kind] if filled else "none",
                      "label": f"{kind} ({state})"}
-            top.scatter([strength(r) for r in chosen], [r.value for r in chosen], **style)
-            loss = [(strength(r), r.summary.get("val_loss")) for r in chosen
+            top.scatter([r.config.strength for r in chosen], [r.value for r in chosen], **style)
+            loss = [(r.config.strength, r.summary.get("val_loss")) for r in chosen
                     if r.summary.get("val_loss") is not None]
             bottom.scatter([p[0] for p in loss], [p[1] for p in loss], **style)
     if drawn.band is not None:
@@ -219,7 +214,7 @@ def _gap(finished: list[TrialRecord], summary: dict[str, Any]) -> Drawn:
     drawn = Drawn("generalization_gap", title, None)
     measured = [r for r in finished if gap(r) is not None]
     for record in measured:
-        x = strength(record)
+        x = record.config.strength
         if x is not None:
             drawn.series.setdefault(record.config.regularizer, []).append((x, gap(record) or 0))
     if not drawn.series:

@@ -176,7 +176,8 @@ class KerasTrainer:
         kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
                    if isinstance(layer, keras.layers.Dense) and layer.name != "output"]
         outcome.near_zero_share = metrics.near_zero_share(kernels)
-        outcome.train_eval_loss = self.evaluate(model, self.data.x_train, self.data.y_train)[0]
+        outcome.train_eval_loss = metrics.data_loss(self.data.task, self.data.y_train,
+                                                    predict(model, self.data.x_train))
         if len(self.data.x_test):
             outcome.test_metric = self.evaluate(model, self.data.x_test, self.data.y_test)[1]
 
