@@ -11,7 +11,7 @@ import gc
 import logging
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Iterator, Sequence
 
@@ -23,7 +23,7 @@ from regsearch.errors import StorageError
 from regsearch.liveness import UNCOUNTED, Heartbeat, fail_abandoned, reap_dead, requeue
 from regsearch.opening import StudyRun, close_recorders, trial_seed, without_optuna_notices
 from regsearch.optuna_compat import storage_of, trial_id_of
-from regsearch.protocols import Listener, PackTrainer, Trainer
+from regsearch.protocols import Engine, Listener, PackTrainer, Trainer
 from regsearch.space import RegConfig
 from regsearch.states import OPTUNA_STATE, KillReason, State
 from regsearch.storage import DATABASE_ERRORS, first_line, hold_sqlite, mask_url
@@ -217,15 +217,16 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
             reap_dead(run)
             with run.pack.asking():
                 done, room = run.room()
-                if run.spec.search.sampler == "grid":
-                    _enqueue_grid(run, min(room, wanted))
-                for _ in range(min(room, wanted)):
+                wanted = min(room, wanted)
+                available = (run.engine.queue(run, wanted) or 0) if wanted else 0
+                for _ in range(available):
                     asked.append(_Running(run.study.ask(), None, listeners, pruning,
-                                          run.spec.train.epochs))
+                                          run.spec.train.epochs, run.engine))
                     faults.point("ask")
                     if heartbeat is not None:
                         heartbeat.add(trial_id_of(asked[-1].trial))
                     asked[-1].config = space.suggest(asked[-1].trial, run.spec.space)
+                    asked[-1].budget = run.engine.started(asked[-1].trial)
         if asked:
             started = [(running.trial.number, running.config) for running in asked
                        if running.config is not None]
@@ -243,30 +244,6 @@ def _ask(run: StudyRun, listeners: Sequence[Listener], wanted: int,
         _wait(run)
         return []
     return None if idle else []
-
-
-def _enqueue_grid(run: StudyRun, wanted: int) -> None:
-    """Queue the next grid points this batch needs: those no trial holds (waiting,
-    running, or finished and counted). Points are made as needed, so a grid of any size
-    starts at once, and a study interrupted half-way finishes its grid when resumed."""
-    trials = run.study.get_trials(deepcopy=False)
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    need = wanted - waiting
-    if need <= 0:
-        return
-    held = {_point(t.params or t.system_attrs.get("fixed_params", {})) for t in trials
-            if t.state in (TrialState.WAITING, TrialState.RUNNING) or
-            (t.state.is_finished() and not t.user_attrs.get(UNCOUNTED))}
-    for config in space.iter_grid(run.spec.space, run.spec.search.grid_size):
-        if need == 0:
-            return
-        if _point(config.params()) not in held:
-            run.study.enqueue_trial(config.params())
-            need -= 1
-
-
-def _point(params: dict[str, Any]) -> tuple:
-    return tuple(sorted(params.items()))
 
 
 def _wait(run: StudyRun) -> None:
@@ -288,6 +265,9 @@ class _Running:
     #: the most epochs a trial trains: a pruner's "stop" at the last one would only turn a
     #: fully trained trial into a pruned one (Hyperband's top rung can fall there)
     epochs: int
+    engine: Engine
+    #: fewer epochs the engine gave this trial (a KerasTuner Hyperband rung); None: all
+    budget: int | None = None
     unreported: dict[int, float] = field(default_factory=dict)
 
     @property
@@ -304,11 +284,13 @@ class _Running:
         faults.point("epoch")
         for listener in self.listeners:
             listener.epoch_ended(self.trial.number, metrics)
+        stop = self.engine.epoch_ended(self.trial.number, metrics) or (
+            self.budget is not None and metrics.epoch >= self.budget)
         if not self.pruning:
             self.unreported[metrics.epoch] = metrics.val_metric
-            return False
+            return stop and metrics.epoch < self.epochs
         self.trial.report(metrics.val_metric, metrics.epoch)
-        return metrics.epoch < self.epochs and self.trial.should_prune()
+        return metrics.epoch < self.epochs and (stop or self.trial.should_prune())
 
 
 def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
@@ -328,7 +310,7 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
         with run.ledger.budget_lock(run.spec.name) if stopped else nullcontext():
             told = _tell(run, [(trial, TrialOutcome(state=State.FAILED, reason=reason))
                                for trial in running], listeners, heartbeat,
-                         uncounted=interrupted)
+                         uncounted=interrupted, learn=False)
             run.interrupted = len(told) if interrupted else 0
             for trial in (t for t in told if stopped and t.config is not None):
                 requeue(run.study, storage_of(run.study).get_trial(trial_id_of(trial.trial)))
@@ -341,12 +323,15 @@ def _abort(run: StudyRun, running: list[_Running], exc: BaseException,
 
 def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
           listeners: Sequence[Listener], heartbeat: Heartbeat | None = None, *,
-          uncounted: bool = False) -> list[_Running]:
-    """Tell Optuna how these trials ended (their details in one write), then the listeners.
+          uncounted: bool = False, learn: bool = True) -> list[_Running]:
+    """Tell Optuna how these trials ended (their details in one write), then the listeners,
+    then (with `learn`) the engine.
 
     Returns the trials told; a trial cut off before its config was chosen is told to
-    Optuna only (the listeners never heard of it).
+    Optuna only (the listeners never heard of it). Trials killed with their process are
+    not told to the engine (`learn=False`): it settles them when it next proposes.
     """
+    finished = [(running, _rung_reason(running, outcome)) for running, outcome in finished]
     if heartbeat is not None:
         for running, _ in finished:
             heartbeat.remove(trial_id_of(running.trial))
@@ -375,7 +360,19 @@ def _tell(run: StudyRun, finished: list[tuple[_Running, TrialOutcome]],
     if ended:
         for listener in listeners:
             listener.trials_ended(ended)
+    if learn and told:
+        run.engine.trials_ended(run)
     return [running for running, _ in told]
+
+
+def _rung_reason(running: _Running, outcome: TrialOutcome) -> TrialOutcome:
+    """A trial stopped at the epochs its engine gave it trained as asked: say so, not
+    "pruned" (it is recorded pruned: a rung's score is not a fully trained model's)."""
+    if (running.budget is None or outcome.state != State.PRUNED
+            or len(outcome.history) != running.budget):
+        return outcome
+    return replace(outcome, reason=f"trained the {running.budget} of {running.epochs} epochs "
+                                   "its Hyperband rung gives it")
 
 
 def trial_attrs(outcome: TrialOutcome) -> dict[str, Any]:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from regsearch.opening import StudyRun
 
 UNCOUNTED = "uncounted"  # user attr: the trial did not spend budget (it will be re-run)
+#: User attrs an engine gives a trial it queues (`regsearch.engines`): the trial's id in
+#: the engine, and the epochs it trains when fewer than the study's (a Hyperband rung).
+#: A re-queued copy carries them: it is the same trial to the engine.
+ENGINE_TRIAL, ENGINE_EPOCHS = "engine_trial", "engine_epochs"
 
 
 def count_done(trials: Iterable[FrozenTrial]) -> int:
@@ -46,7 +50,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     `retry_history` is Optuna's own convention (`RetryFailedTrialCallback`)."""
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={"failed_trial": trial.number, "retry_history": _history(trial)}))
+        system_attrs={"failed_trial": trial.number, "retry_history": _history(trial)},
+        user_attrs={k: v for k, v in trial.user_attrs.items()
+                    if k in (ENGINE_TRIAL, ENGINE_EPOCHS)}))
 
 
 def _history(trial: FrozenTrial) -> list[int]:

@@ -23,7 +23,7 @@ from regsearch.data import Dataset, load_dataset
 from regsearch.errors import StorageError, StudyMismatchError
 from regsearch.liveness import count_done
 from regsearch.optuna_compat import storage_of, study_id_of
-from regsearch.protocols import Listener
+from regsearch.protocols import Engine, Listener
 from regsearch.recorders import LedgerRecorder
 from regsearch.recorders.ledger import Ledger
 from regsearch.samplers import make_pruner, make_sampler, sampler_seed
@@ -96,6 +96,13 @@ class StudyRun:
 
     def running_trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    @cached_property
+    def engine(self) -> Engine:
+        """Who proposes the study's trials (`regsearch.engines`)."""
+        from regsearch.engines import make_engine
+
+        return make_engine(self)
 
     @cached_property
     def pack(self) -> PackStorage:

@@ -1,13 +1,14 @@
-"""The seams: what the driver asks of a trainer, and what it tells a listener.
+"""The seams: what the driver asks of a trainer and an engine, and what it tells a listener.
 
 A trainer turns a configuration into per-epoch metrics and an outcome. Every trainer
 implements `Trainer` (one configuration at a time); one that trains many at once in slots
 (the packed trainer) also implements `PackTrainer`, and the driver then keeps its slots
-busy. A third engine or trainer implements `Trainer` and nothing else.
+busy. A third trainer implements `Trainer` and nothing else.
 
-A listener (the ledger, MLflow, the progress display) is told what happens, in order, and
-must not raise: recorders turn their failures into warnings. Subclass `Listener` to get a
-no-op for each event you do not need.
+An engine (Optuna's samplers, or KerasTuner's oracles) proposes the trials. A listener
+(the ledger, MLflow, the progress display) is told what happens, in order, and must not
+raise: recorders turn their failures into warnings. Subclass `Listener` to get a no-op for
+each event you do not need.
 """
 
 from __future__ import annotations
@@ -45,6 +46,28 @@ class PackTrainer(Trainer, Protocol):
 
     def run_epoch(self) -> dict[int, TrialOutcome]:
         """One epoch of every busy slot; the outcomes of the slots that finished."""
+        ...
+
+
+class Engine(Protocol):
+    """Proposes the study's trials and learns from them (`regsearch.engines`). The driver
+    asks Optuna for each trial; an engine that proposes its own queues them first."""
+
+    def queue(self, run: Any, wanted: int) -> int | None:
+        """Under the study's lock, before up to `wanted` asks: queue what the engine
+        proposes; how many trials may be asked now (None: it has nothing more, ever)."""
+        ...
+
+    def started(self, trial: Any) -> int | None:
+        """A trial was asked (`optuna.Trial`); the epochs it trains, None for the study's."""
+        ...
+
+    def epoch_ended(self, number: int, metrics: EpochMetrics) -> bool:
+        """A trial's epoch, its objective penalty-free; whether the engine stops the trial."""
+        ...
+
+    def trials_ended(self, run: Any) -> None:
+        """Trials were told to Optuna: the engine learns how they ended."""
         ...
 
 

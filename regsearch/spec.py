@@ -32,7 +32,10 @@ BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 SYNTHETIC_TASKS = ("classification", "regression")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "tanh", "sigmoid", "swish", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SAMPLERS = ("tpe", "random", "grid", "gp")
+#: Who proposes trials, and the algorithms each offers (`regsearch.engines`).
+ENGINES: dict[str, tuple[str, ...]] = {"optuna": ("tpe", "random", "grid", "gp"),
+                                       "keras_tuner": ("bayesian", "random", "hyperband")}
+SAMPLERS = tuple(dict.fromkeys(name for names in ENGINES.values() for name in names))
 PRUNERS = ("median", "hyperband", "none")
 TRAINERS = ("keras", "packed")
 PACKED_OPTIMIZERS = ("adam", "sgd")
@@ -235,10 +238,16 @@ class ObjectiveSpec:
 
 @dataclass(frozen=True, config=SECTION)
 class SearchSpec:
-    """The sampler, the pruner and the budget."""
+    """The engine, its sampler and pruner, and the budget."""
 
-    sampler: Annotated[str, OneOf(SAMPLERS)] = "tpe"
-    pruner: Annotated[str, OneOf(PRUNERS)] = "median"
+    engine: Annotated[str, OneOf(tuple(ENGINES))] = "optuna"
+    """Who proposes trials: Optuna's samplers, or KerasTuner's oracles (`keras_tuner`)."""
+    sampler: Annotated[str, OneOf(SAMPLERS),
+                       Field(json_schema_extra=lambda schema: schema.pop("default"))] = AUTOMATIC
+    """Left out: tpe (Optuna), bayesian (KerasTuner)."""
+    pruner: Annotated[str, OneOf(PRUNERS),
+                      Field(json_schema_extra=lambda schema: schema.pop("default"))] = AUTOMATIC
+    """Left out: median (Optuna); KerasTuner's algorithms choose a trial's epochs themselves."""
     n_trials: Annotated[int | None, IntegerIn(1, UNLIMITED)] = None
     timeout: Annotated[float | None, Positive()] = None
     """Seconds; alone, the search runs until they are spent."""
@@ -246,6 +255,24 @@ class SearchSpec:
     """Points per axis for `sampler: grid`."""
     pack_size: Annotated[int | None, IntegerIn(1, 4096)] = None
     """Trials trained at once by the packed trainer; left out: chosen from the model size."""
+
+    @model_validator(mode="after")
+    def _engine_algorithms(self) -> SearchSpec:
+        offered = ENGINES[self.engine]
+        if self.sampler == AUTOMATIC:
+            object.__setattr__(self, "sampler", offered[0])
+        elif self.sampler not in offered:
+            other = next(e for e, names in ENGINES.items() if self.sampler in names)
+            raise broken(f"{self.sampler!r} is offered by engine {other}, not {self.engine}; "
+                         f"use one of {', '.join(offered)}, or engine: {other}", "sampler")
+        keras_tuner = self.engine == "keras_tuner"
+        if self.pruner == AUTOMATIC:
+            object.__setattr__(self, "pruner", "none" if keras_tuner else "median")
+        elif keras_tuner and self.pruner != "none":
+            raise broken("KerasTuner's algorithms choose each trial's epochs themselves "
+                         "(sampler: hyperband for early stopping of poor trials); remove "
+                         "search.pruner, or use engine: optuna", "pruner")
+        return self
 
     def budget(self, grid_points: int, timeout: float | None = None) -> int:
         """Trials to run: `n_trials`; else the whole grid for `sampler: grid`; else as many
@@ -361,13 +388,20 @@ class StudySpec:
         """The fields that define the study's results; a reopened study must match them.
 
         Budgets (`search`), the storage URL and the trainer do not change what a trial
-        means, so they are left out: a user may extend a study or move it.
+        means, so they are left out: a user may extend a study or move it. A KerasTuner
+        engine is in it (its oracle's state is the study's).
         """
         full = asdict(self)
         for key in ("folds", "repeats"):  # absent, as before they existed: the same hash
             if full["data"][key] is None:
                 del full["data"][key]
-        return {k: full[k] for k in ("seed", "data", "model", "space", "train", "objective")}
+        identity = {k: full[k] for k in ("seed", "data", "model", "space", "train",
+                                          "objective")}
+        if self.search.engine != "optuna":
+            # An oracle's state belongs to its algorithm: Optuna's samplers may change
+            # between runs of a study, a KerasTuner study keeps its engine and sampler.
+            identity["engine"] = f"{self.search.engine}/{self.search.sampler}"
+        return identity
 
     @property
     def spec_hash(self) -> str:

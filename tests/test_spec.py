@@ -571,7 +571,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
     ({"search.timeout": "1h"}, "search.timeout", "expected a number, got '1h'"),
     ({"search.grid_size": 0}, "search.grid_size", "must be an integer in [1, 100], got 0"),
     ({"search.trials": 10}, "search.trials",
-     "unknown key; allowed keys here are: grid_size, n_trials, pack_size, pruner, sampler, timeout"),
+     "unknown key; allowed keys here are: engine, grid_size, n_trials, pack_size, pruner, sampler, timeout"),
     ({"search": 10}, "search", MAPPING + ", got 10"),
 ]
 

@@ -22,7 +22,7 @@ from regsearch.errors import StorageError
 from regsearch.states import State
 from regsearch.space import RegConfig
 from regsearch.recorders import migrations
-from regsearch.recorders.tables import (SCHEMA_VERSION, Base, EpochRow, LockRow,
+from regsearch.recorders.tables import (SCHEMA_VERSION, Base, EngineStateRow, EpochRow, LockRow,
                                         MemberRow, MetaRow, StudyRow, TrialRow, finite, now)
 from regsearch.storage import engine_kwargs, mask_url, tune_sqlite
 from regsearch.trainers.base import SUMMARY_FIELDS, EpochMetrics, TrialOutcome
@@ -135,6 +135,28 @@ class Ledger:
             session.execute(sa.select(LockRow.name).where(LockRow.name == study_name)
                             .with_for_update())
             yield
+
+    def engine_revision(self, study_name: str) -> int | None:
+        """How often the study's engine state was written; None: never."""
+        with Session(self.engine) as session:
+            return session.scalar(sa.select(EngineStateRow.revision)
+                                  .where(EngineStateRow.name == study_name))
+
+    def engine_state(self, study_name: str) -> tuple[int, dict[str, Any]] | None:
+        """(revision, state) of the study's engine; None: never written."""
+        with Session(self.engine) as session:
+            row = session.get(EngineStateRow, study_name)
+            return None if row is None else (row.revision, json.loads(row.state))
+
+    def save_engine_state(self, study_name: str, revision: int, state: dict[str, Any]) -> None:
+        """Write the engine's state as `revision` (the caller holds the study's lock)."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(EngineStateRow, study_name)
+            if row is None:
+                session.add(EngineStateRow(name=study_name, revision=revision,
+                                           state=json.dumps(state)))
+            else:
+                row.revision, row.state = revision, json.dumps(state)
 
     def trials_started(self, study_name: str, started: Sequence[tuple[int, RegConfig]]) -> None:
         """One transaction for a batch of trials starting (a pack's slots fill together)."""

@@ -42,6 +42,8 @@ log = logging.getLogger("regsearch")
 
 ROLE, STUDY, TRIAL, STATE = ("regsearch.role", "regsearch.study", "regsearch.trial",
                              "regsearch.state")
+#: Who proposed the trials: `optuna/tpe`, `keras_tuner/hyperband`, ... (parent and trials).
+ENGINE = "regsearch.engine"
 #: On a trial's run once everything of it is written ("the record is whole", not "the trial
 #: completed"); earlier regsearch versions named it `regsearch.complete`.
 RECORDED, OLD_RECORDED = "regsearch.recorded", "regsearch.complete"
@@ -87,6 +89,8 @@ class MlflowWriter(ConfirmationWrites):
         for variable, value in CLIENT_SETTINGS.items():
             os.environ.setdefault(variable, value)
         self.tracking_uri = tracking_uri
+        #: the study's engine, from its spec when `parent_run` opens it
+        self.engine = "optuna/tpe"
         seed_new_store(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
@@ -114,6 +118,8 @@ class MlflowWriter(ConfirmationWrites):
 
     def parent_run(self, experiment_id: str, info: dict[str, Any], storage_url: str) -> str:
         """The study's parent run, found by tag or created with the spec as params/artifact."""
+        search = info["spec"]["search"]
+        self.engine = f"{search.get('engine', 'optuna')}/{search['sampler']}"
         found = self._find(experiment_id, f"tags.`{ROLE}` = 'parent'")
         if found:
             run_id = found[0].info.run_id
@@ -122,7 +128,8 @@ class MlflowWriter(ConfirmationWrites):
             return run_id
         run = self.client.create_run(experiment_id, run_name=info["name"],
                                      tags={ROLE: "parent", STUDY: info["name"],
-                                           "regsearch.spec_hash": info["spec_hash"]})
+                                           "regsearch.spec_hash": info["spec_hash"],
+                                           ENGINE: self.engine})
         self._set_view(experiment_id, run.info.run_id, info)
         params = {**flatten(info["spec"]), "metric": info["metric"],
                   "direction": info["direction"], "storage": mask_url(storage_url)}
@@ -151,7 +158,7 @@ class MlflowWriter(ConfirmationWrites):
         `started` is when the trials began, not when this (possibly late) write happens."""
         runs = [NewRun(config.short_name(number), epoch_ms(started), tags={
             "mlflow.parentRunId": parent_id, ROLE: "trial", STUDY: study_name, TRIAL: str(number),
-            STATE: "running", **(tags or {})}, params=run_params(config))
+            STATE: "running", ENGINE: self.engine, **(tags or {})}, params=run_params(config))
             for number, config in trials]
         return self._batched(lambda batch: batch.start_runs(experiment_id, runs),
                              lambda: [self._start_run(experiment_id, run) for run in runs])

@@ -63,6 +63,19 @@ class LockRow(Base):
     name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
 
 
+class EngineStateRow(Base):
+    """A KerasTuner study's oracle, as JSON (`regsearch.engines`): the workers of the study
+    share it through here, and a resumed study continues it. Written under the study's
+    lock; `revision` counts the writes, so a process reads the document only when it
+    changed."""
+
+    __tablename__ = "regsearch_engine_states"
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    revision: Mapped[int]
+    state: Mapped[str] = mapped_column(sa.Text().with_variant(mysql.LONGTEXT, "mysql",
+                                                              "mariadb"))
+
+
 class TrialRow(Base):
     __tablename__ = "regsearch_trials"
     __table_args__ = (sa.UniqueConstraint("study_id", "number"),)

@@ -9,6 +9,9 @@ contestant searches the rest for `--budget` seconds and names a configuration:
   optuna-tpe          Optuna TPE, one `model.fit` per trial (the usual script)
   kt-bayesian         KerasTuner BayesianOptimization over the same space
   kt-hyperband        KerasTuner Hyperband over the same space
+  regsearch-kt-bayesian, regsearch-kt-hyperband
+                      the same KerasTuner oracles as regsearch's engine (`engine:
+                      keras_tuner`): packed trainer, confirmation; again two answers
   default             no search: no regularizer, no dropout
 
 regsearch gets 75 % of the budget for its search and spends the rest confirming; its wall
@@ -47,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DATASETS = ("breast-cancer", "wine", "digits-small", "wide-synthetic", "wide-regression",
             "diabetes")
 CONTESTANTS = ("regsearch-holdout", "regsearch-folds", "optuna-tpe", "kt-bayesian",
-               "kt-hyperband", "default")
+               "kt-hyperband", "regsearch-kt-bayesian", "regsearch-kt-hyperband", "default")
 EPOCHS, BATCH, HIDDEN, LEARNING_RATE = 30, 32, [64, 64], 0.001
 TEST_FRACTION = 0.3
 
@@ -288,10 +291,15 @@ def contestant_main(args: argparse.Namespace) -> None:
     raw = study(f"q-{args.dataset}", pool, args.study_seed, folder)
     if args.contestant == "regsearch-folds":
         raw["data"]["folds"] = 5
+    if args.contestant.startswith("regsearch-kt-"):  # KerasTuner's oracle picks the epochs
+        raw["search"] = {"engine": "keras_tuner",
+                         "sampler": args.contestant.removeprefix("regsearch-kt-")}
     started = time.monotonic()
     runners: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "regsearch-holdout": lambda: regsearch_contestant(raw, args.budget),
         "regsearch-folds": lambda: regsearch_contestant(raw, args.budget),
+        "regsearch-kt-bayesian": lambda: regsearch_contestant(raw, args.budget),
+        "regsearch-kt-hyperband": lambda: regsearch_contestant(raw, args.budget),
         "optuna-tpe": lambda: optuna_contestant(raw, args.budget),
         "kt-bayesian": lambda: keras_tuner_contestant(raw, args.budget, "bayesian", folder),
         "kt-hyperband": lambda: keras_tuner_contestant(raw, args.budget, "hyperband", folder),
