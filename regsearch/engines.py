@@ -11,6 +11,7 @@ share one oracle and a resumed study continues it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,13 @@ def _point(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
+#: A refill of a pack stops asking the oracle after this many seconds once it has a trial
+#: to run: a slow oracle (Bayesian optimisation fits a Gaussian process per proposal) then
+#: fills the pack over several epochs, training meanwhile, and the study's timeout is
+#: checked between refills.
+PROPOSING_SECONDS = 1.0
+
+
 class KerasTunerEngine:
     """A KerasTuner oracle (random, bayesian, hyperband) proposing the study's trials.
 
@@ -107,7 +115,10 @@ class KerasTunerEngine:
         changed, waiting = self._settle(run)
         stopped = False
         created: list[tuple[str, dict[str, Any]]] = []
+        began = time.monotonic()
         while waiting + len(created) < wanted:
+            if waiting + len(created) and time.monotonic() - began > PROPOSING_SECONDS:
+                break  # the rest of the pack is filled after its next epoch
             status, trial_id, values = ktc.new_trial(self.oracle, uuid.uuid4().hex)
             if status != ktc.RUNNING:  # IDLE: it waits for running trials; STOPPED: done
                 stopped = status == ktc.STOPPED
@@ -127,7 +138,7 @@ class KerasTunerEngine:
         if trial_id is None:  # the unregularized default: the study's yardstick, not proposed
             return None
         self.ids[trial.number] = trial_id
-        self.live[trial_id] = self.oracle.trials[trial_id]
+        self.live[trial_id] = self.oracle.trials[trial_id]  # queued under this lock: loaded
         return attrs.get(ENGINE_EPOCHS)
 
     def epoch_ended(self, number: int, metrics: EpochMetrics) -> bool:

@@ -279,3 +279,35 @@ def test_the_engine_picks_its_defaults_and_refuses_the_other_engines_algorithms(
         with pytest.raises(SpecError) as error:
             search(**given)
         assert f"s.yaml: {field}: {words}" in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_slow_oracle_fills_a_pack_over_several_epochs(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `PROPOSING_SECONDS` a refill stops asking the oracle once it has a trial, so
+    training goes on between a slow oracle's proposals (and the timeout is checked)."""
+    from regsearch import engines
+
+    monkeypatch.setattr(engines, "PROPOSING_SECONDS", 0.0)
+    proposed: list[int] = []  # new trials per refill
+    new_trial, queue = keras_tuner_compat.new_trial, engines.KerasTunerEngine.queue
+
+    def counted_proposal(oracle: Any, tuner_id: str) -> Any:
+        proposed[-1] += 1
+        return new_trial(oracle, tuner_id)
+
+    def refill(self: Any, run: Any, wanted: int) -> int | None:
+        proposed.append(0)
+        return queue(self, run, wanted)
+
+    monkeypatch.setattr(keras_tuner_compat, "new_trial", counted_proposal)
+    monkeypatch.setattr(engines.KerasTunerEngine, "queue", refill)
+    url = sqlite_url(tmp_path)
+    spec = parse_spec(study_dict(
+        "kt-slow", url, train={"epochs": 2}, mlflow={"enabled": False},
+        search={"engine": "keras_tuner", "sampler": "bayesian", "n_trials": 9,
+                "pack_size": 4}), source="test")
+    run = opening.open_run(spec)
+    driver.run_study(run, make_trainer(run))
+    assert len(counted(trials_of(url, "kt-slow"))) == 9
+    assert max(proposed) == 1 and sum(proposed) == 8, proposed  # all but the default

@@ -118,8 +118,8 @@ class MlflowWriter(ConfirmationWrites):
 
     def parent_run(self, experiment_id: str, info: dict[str, Any], storage_url: str) -> str:
         """The study's parent run, found by tag or created with the spec as params/artifact."""
-        search = info["spec"]["search"]
-        self.engine = f"{search.get('engine', 'optuna')}/{search['sampler']}"
+        search = info["spec"].get("search", {})
+        self.engine = f"{search.get('engine', 'optuna')}/{search.get('sampler', 'tpe')}"
         found = self._find(experiment_id, f"tags.`{ROLE}` = 'parent'")
         if found:
             run_id = found[0].info.run_id
