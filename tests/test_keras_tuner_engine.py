@@ -64,8 +64,8 @@ def optuna_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler,trainer", [("hyperband", "packed"), ("bayesian", "packed"),
-                                             ("random", "packed"), ("hyperband", "keras")])
+@pytest.mark.parametrize("sampler", ["hyperband", "bayesian", "random"])
+@pytest.mark.parametrize("trainer", ["packed", "keras"])
 def test_each_algorithm_runs_through_the_cli_recorded_as_optuna_trials_are(
         sampler: str, trainer: str, optuna_study: Path, tmp_path: Path) -> None:
     name = f"kt-{sampler}-{trainer}"
