@@ -51,7 +51,11 @@ class Progress(Listener):
         for trial in run.study.get_trials(deepcopy=False):
             if trial.value is not None and trial.state == TrialState.COMPLETE:
                 self._consider(trial.number, (trial.value, trial.user_attrs.get("val_loss")))
-        self._say(f"study {run.spec.name}: {trials_of(run.done, run.budget)} already done")
+        search = run.spec.search
+        engine = (f"; KerasTuner's {search.sampler} oracle proposes them"
+                  if search.engine == "keras_tuner" else "")
+        self._say(f"study {run.spec.name}: {trials_of(run.done, run.budget)} already done"
+                  f"{engine}")
         self._say(f"  data: {run.data.description}")
         if self.stream.isatty():
             from tqdm import tqdm

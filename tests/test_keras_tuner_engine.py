@@ -78,6 +78,8 @@ def test_each_algorithm_runs_through_the_cli_recorded_as_optuna_trials_are(
     proc = cli(tmp_path, "run", study_file.name)
     assert proc.returncode == 0, show(proc)
     assert "confirmed" in proc.stderr, show(proc)
+    assert (f"study {name}: 0 of 8 trials already done; KerasTuner's {sampler} oracle "
+            "proposes them") in proc.stderr, show(proc)
 
     trials = trials_of(sqlite_url(tmp_path), name)
     assert len(counted(trials)) == 8
