@@ -98,9 +98,9 @@ class KerasTunerEngine:
     def __init__(self, run: StudyRun) -> None:
         spec = run.spec
         self.kind = spec.search.sampler
-        self.arguments: dict[str, Any] = {"metric": f"val_{run.objective.metric}",
-                          "direction": run.objective.direction, "space": spec.space,
-                          "seed": spec.seed, "max_epochs": spec.train.epochs}
+        self.arguments: dict[str, Any] = {
+            "metric": f"val_{run.objective.metric}", "direction": run.objective.direction,
+            "space": spec.space, "seed": spec.seed, "max_epochs": spec.train.epochs}
         self.oracle: Any = None
         self.revision: int | None = None
         self.live: dict[str, Any] = {}  # this process's running trials: KerasTuner id -> Trial
@@ -125,7 +125,7 @@ class KerasTunerEngine:
                 break
             created.append((trial_id, values))
         if changed or created:
-            self._save(run)  # before queueing: a trial the oracle holds is queued at worst twice
+            self._save(run)  # before queueing: one a crash leaves unqueued, `_settle` queues
         for trial_id, values in created:
             self._enqueue(run, trial_id, values)
         available = min(wanted, waiting + len(created))

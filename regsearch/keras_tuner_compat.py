@@ -16,8 +16,8 @@ from typing import Any
 
 from regsearch.spec import STRENGTHS, SpaceSpec
 
-#: The values KerasTuner's Hyperband adds to a trial's hyperparameters.
-EPOCHS, PARENT = "tuner/epochs", "tuner/trial_id"
+#: The epochs KerasTuner's Hyperband gives a trial, among its hyperparameter values.
+EPOCHS = "tuner/epochs"
 #: The oracle's status of a trial that may run now, of one that must wait for running
 #: ones, and of a search that has nothing more to propose.
 RUNNING, IDLE, STOPPED = "RUNNING", "IDLE", "STOPPED"
